@@ -1,0 +1,42 @@
+"""One pre-norm multiway transformer block and its feed-forward network."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+from .attention import MultiwayAttention
+from .multiway import Multiway
+
+
+class FeedForward(nn.Module):
+    """fc1 -> exact GELU (in float32) -> LayerNorm over the hidden width -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, eps: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.ffn_layernorm = nn.LayerNorm(hidden, eps=eps)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        h = F.gelu(h.float()).to(h.dtype)
+        return self.fc2(self.ffn_layernorm(h))
+
+
+class MultiwayBlock(nn.Module):
+    """``x + attn(norm(x))`` then ``x + ffn(norm(x))``, each norm and expert chosen per token."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, eps: float, drop_path: float = 0.0):
+        super().__init__()
+        self.self_attn = MultiwayAttention(dim, num_heads, eps)
+        self.self_attn_layer_norm = Multiway(lambda: nn.LayerNorm(dim, eps=eps))
+        self.ffn = Multiway(lambda: FeedForward(dim, ffn_dim, eps))
+        self.final_layer_norm = Multiway(lambda: nn.LayerNorm(dim, eps=eps))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, split: int, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.self_attn(self.self_attn_layer_norm(x, split), split, attn_mask))
+        return x + self.drop_path(self.ffn(self.final_layer_norm(x, split), split))

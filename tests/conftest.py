@@ -1,0 +1,48 @@
+"""Shared fixtures: the reference files in ../shared and small generated models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ``shared/`` (``$MUSK_SHARED`` or ``<repo>/../shared``); skips the test when absent."""
+    root = Path(os.environ.get("MUSK_SHARED", REPO.parent / "shared"))
+    path = root.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference file {path} is absent (a fresh clone has no shared/; set MUSK_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    """The reference ``make_checkpoint`` module (random weights in the published key layout)."""
+    ref_dir = shared_path("reference", "make_checkpoint.py").parent
+    sys.path.insert(0, str(ref_dir))
+    try:
+        import make_checkpoint
+    finally:
+        sys.path.remove(str(ref_dir))
+    return make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file() -> Path:
+    return shared_path("assets", "tokenizer.spm")
+
+
+@pytest.fixture(scope="session")
+def demo_image() -> Path:
+    return shared_path("assets", "lungaca1014.jpeg")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
