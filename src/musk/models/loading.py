@@ -1,0 +1,207 @@
+"""Checkpoint loading: hub or local files, wrapped or prefixed state dicts, strict key checks,
+and interpolation of the vision position table to another patch grid."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .embeddings import POSITION_OFFSET
+
+logger = logging.getLogger(__name__)
+
+HUB_PREFIXES = ("hf_hub:", "hf-hub:")
+WEIGHTS_FILE = "model.safetensors"
+#: File names tried, in order, when a directory is given as the weights source.
+DIRECTORY_CANDIDATES = ("model.safetensors", "pytorch_model.bin", "musk.pth", "model.pth", "checkpoint.pth")
+VISION_POSITIONS_KEY = "beit3.encoder.embed_positions.A.weight"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The weights (or tokenizer) could not be obtained: gated, missing, or the hub unreachable."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not fit the model."""
+
+
+def _access_help(repo_id: str) -> str:
+    return (
+        f"MUSK's files are gated: request access at https://huggingface.co/{repo_id}, then log in with "
+        "`hf auth login` (or set HF_TOKEN). Or pass a local file (--weights PATH / pretrained=PATH)."
+    )
+
+
+def download_from_hub(repo_id: str, filename: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """One file of a hub repository through huggingface_hub's cache (HF_TOKEN and offline mode honoured)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
+    except GatedRepoError as e:
+        reason = f"you have no access to the gated repository {repo_id}"
+        cause = e
+    except RepositoryNotFoundError as e:
+        reason = f"the repository {repo_id} was not found, or it is gated and you are not logged in"
+        cause = e
+    except EntryNotFoundError as e:
+        reason = f"{repo_id} has no file {filename}"
+        cause = e
+    except LocalEntryNotFoundError as e:
+        reason = (
+            f"the hub is unreachable (or offline mode is on) and {filename} of {repo_id} is not in the "
+            f"cache ({cache_dir or 'the default huggingface cache'})"
+        )
+        cause = e
+    except (HfHubHTTPError, OSError) as e:
+        reason = f"downloading {filename} from {repo_id} failed ({type(e).__name__}: {e})"
+        cause = e
+    raise WeightsUnavailableError(f"Cannot get {filename}: {reason}. {_access_help(repo_id)}") from cause
+
+
+def parse_hub_id(source: str) -> str | None:
+    """``'hf_hub:owner/name'`` -> ``'owner/name'``; None for anything else."""
+    for prefix in HUB_PREFIXES:
+        if source.startswith(prefix):
+            return source[len(prefix) :]
+    return None
+
+
+def resolve_weights(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Local path of the weights named by ``source``: a hub id, a file, or a directory holding one."""
+    repo_id = parse_hub_id(str(source))
+    if repo_id is not None:
+        return download_from_hub(repo_id, WEIGHTS_FILE, cache_dir)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        for name in DIRECTORY_CANDIDATES:
+            if (path / name).is_file():
+                return path / name
+        raise WeightsUnavailableError(
+            f"no weights file in directory {path} (looked for {', '.join(DIRECTORY_CANDIDATES)})"
+        )
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"weights file {path} does not exist; give a .safetensors/.pth/.bin file, a directory, "
+            "or 'hf_hub:xiangjx/musk'"
+        )
+    return path
+
+
+def read_state_dict(path: str | os.PathLike, model_key: str = "model|module") -> dict[str, torch.Tensor]:
+    """Flat ``{name: tensor}`` from a safetensors or torch file, unwrapped and without ``module.``."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every reader failure means the same thing to the user
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(state, Mapping):
+        raise CheckpointMismatchError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    for key in model_key.split("|"):
+        if key and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointMismatchError(f"checkpoint {path} has non-tensor entries: {_listing(bad)}")
+    return state
+
+
+def interpolate_vision_positions(table: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Resize a vision position table to ``num_patches``: bicubic on the patch grid, first rows kept."""
+    extra = POSITION_OFFSET + 1  # two unused rows, then the CLS row
+    old = round((table.shape[0] - extra) ** 0.5)
+    new = round(num_patches**0.5)
+    if old * old != table.shape[0] - extra or new * new != num_patches:
+        raise CheckpointMismatchError(
+            f"cannot interpolate a vision position table of {table.shape[0]} rows to {num_patches} patches: "
+            "both must be square grids plus 3 rows"
+        )
+    grid = table[extra:].float().reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(table.dtype)
+    return torch.cat([table[:extra], grid], dim=0)
+
+
+def _listing(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict fitted to ``model``'s keys and shapes (positions interpolated), or an error."""
+    expected = model.state_dict()
+    state = dict(state)
+    table = state.get(VISION_POSITIONS_KEY)
+    want = expected.get(VISION_POSITIONS_KEY)
+    if table is not None and want is not None and table.shape[0] != want.shape[0]:
+        logger.info(
+            "interpolating %s from %d to %d rows", VISION_POSITIONS_KEY, table.shape[0], want.shape[0]
+        )
+        state[VISION_POSITIONS_KEY] = interpolate_vision_positions(table, want.shape[0] - POSITION_OFFSET - 1)
+    missing = expected.keys() - state.keys()
+    unexpected = state.keys() - expected.keys()
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"checkpoint does not fit {type(model).__name__} ({len(state)} keys, model has {len(expected)})"
+        ]
+        if missing:
+            parts.append(f"missing {len(missing)}: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"mis-shaped {len(shapes)}: {_listing(shapes)}")
+        raise CheckpointMismatchError("; ".join(parts))
+    return state
+
+
+def load_weights(
+    model: nn.Module,
+    source: str | os.PathLike,
+    model_key: str = "model|module",
+    prefix: str = "",
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Load ``source`` (hub id, file or directory) into ``model`` strictly; returns the weights path.
+
+    Parameters of a model built on the meta device are replaced by the checkpoint's tensors.
+    """
+    path = resolve_weights(source, cache_dir)
+    state = read_state_dict(path, model_key)
+    if prefix:
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+    state = check_state_dict(model, state)
+    on_meta = any(p.is_meta for p in model.parameters())
+    if on_meta:
+        reference = next(p for p in model.parameters())
+        state = {k: v.to(reference.dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=on_meta)
+    logger.info("loaded %d tensors from %s", len(state), path)
+    return path
