@@ -58,11 +58,7 @@ def run_case(model, case: dict, arrays) -> torch.Tensor:
 
 
 def cases_of(manifest, config: str, inputs=("image", "text")) -> list[dict]:
-    return [
-        c
-        for c in manifest["cases"]
-        if c["config"] == config and c["input"] in inputs and "checkpoint" not in c
-    ]
+    return [c for c in manifest["cases"] if c["config"] == config and c["input"] in inputs and "checkpoint" not in c]
 
 
 def test_goldens_are_all_covered(goldens):
@@ -102,9 +98,7 @@ def test_tiny_position_interpolation_from_32px(goldens, make_checkpoint, tmp_pat
     model = timm.create_model(ARCH["tiny"])
     load_weights(model, path)
     model.eval()
-    assert_close(
-        model.beit3.encoder.embed_positions.A.weight, arrays["tiny/interp/pos_A"], "tiny/interp/pos_A"
-    )
+    assert_close(model.beit3.encoder.embed_positions.A.weight, arrays["tiny/interp/pos_A"], "tiny/interp/pos_A")
     (case,) = [c for c in manifest["cases"] if c.get("checkpoint") == "tiny_img32 loaded into tiny"]
     assert_close(run_case(model, case, arrays), arrays[case["key"]], case["key"])
 

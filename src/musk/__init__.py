@@ -1,7 +1,36 @@
-"""musk-pathology: MUSK, the vision-language foundation model for precision oncology."""
+"""musk-pathology: MUSK, the vision-language foundation model for precision oncology.
 
-from .models import MUSK, MuskConfig
+Importing the package registers ``musk_large_patch16_384`` (and a tiny test architecture) with timm.
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["MUSK", "MuskConfig", "__version__"]
+from .images import ImageLoadError, load_image  # noqa: E402
+from .models import (  # noqa: E402
+    MUSK,
+    CheckpointMismatchError,
+    MuskConfig,
+    WeightsUnavailableError,
+    create_model,
+    load_weights,
+)
+from .tokenizer import MuskTokenizer, get_tokenizer  # noqa: E402
+from .transforms import get_transform  # noqa: E402
+from .zeroshot import class_embeddings, zero_shot_classify  # noqa: E402
+
+__all__ = [
+    "MUSK",
+    "CheckpointMismatchError",
+    "ImageLoadError",
+    "MuskConfig",
+    "MuskTokenizer",
+    "WeightsUnavailableError",
+    "__version__",
+    "class_embeddings",
+    "create_model",
+    "get_tokenizer",
+    "get_transform",
+    "load_image",
+    "load_weights",
+    "zero_shot_classify",
+]

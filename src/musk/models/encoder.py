@@ -21,9 +21,7 @@ class MultiwayEncoder(nn.Module):
         self.embed_positions = SegmentPositions(config)
         step = config.drop_path_rate / max(config.depth - 1, 1)
         rates = [i * step for i in range(config.depth)]  # stochastic depth grows linearly with depth
-        self.layers = nn.ModuleList(
-            MultiwayBlock(d, config.num_heads, config.ffn_dim, eps, drop_path=r) for r in rates
-        )
+        self.layers = nn.ModuleList(MultiwayBlock(d, config.num_heads, config.ffn_dim, eps, drop_path=r) for r in rates)
         self.layer_norm = Multiway(lambda: nn.LayerNorm(d, eps=eps))
         self.grad_checkpointing = False
 

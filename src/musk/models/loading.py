@@ -157,9 +157,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dic
     table = state.get(VISION_POSITIONS_KEY)
     want = expected.get(VISION_POSITIONS_KEY)
     if table is not None and want is not None and table.shape[0] != want.shape[0]:
-        logger.info(
-            "interpolating %s from %d to %d rows", VISION_POSITIONS_KEY, table.shape[0], want.shape[0]
-        )
+        logger.info("interpolating %s from %d to %d rows", VISION_POSITIONS_KEY, table.shape[0], want.shape[0])
         state[VISION_POSITIONS_KEY] = interpolate_vision_positions(table, want.shape[0] - POSITION_OFFSET - 1)
     missing = expected.keys() - state.keys()
     unexpected = state.keys() - expected.keys()
@@ -169,9 +167,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dic
         if k in state and state[k].shape != v.shape
     ]
     if missing or unexpected or shapes:
-        parts = [
-            f"checkpoint does not fit {type(model).__name__} ({len(state)} keys, model has {len(expected)})"
-        ]
+        parts = [f"checkpoint does not fit {type(model).__name__} ({len(state)} keys, model has {len(expected)})"]
         if missing:
             parts.append(f"missing {len(missing)}: {_listing(missing)}")
         if unexpected:

@@ -105,18 +105,14 @@ class MUSK(nn.Module):
         normalize: bool = True,
     ) -> torch.Tensor:
         """(B, L) token ids (padding_mask 1 = padding) -> (B, D) embeddings of the ``<s>`` token."""
-        return self(text_description=ids, padding_mask=padding_mask, with_head=with_head, out_norm=normalize)[
-            1
-        ]
+        return self(text_description=ids, padding_mask=padding_mask, with_head=with_head, out_norm=normalize)[1]
 
     # ---- all tokens ------------------------------------------------------------------------
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """All image tokens after the final norm: (B, 1 + patches, D), CLS first."""
         return self.beit3(images=images)
 
-    def forward_text_features(
-        self, ids: torch.Tensor, padding_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward_text_features(self, ids: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """All text tokens after the final norm: (B, L, D)."""
         return self.beit3(text_ids=ids, text_padding_mask=padding_mask)
 
@@ -146,9 +142,7 @@ class MUSK(nn.Module):
                 x = F.interpolate(images.float(), size=(side, side), mode="bicubic", align_corners=False)
                 x = x.to(images.dtype)
             n = side // tile
-            tiles = (
-                x.reshape(b, c, n, tile, n, tile).permute(2, 4, 0, 1, 3, 5).reshape(n * n * b, c, tile, tile)
-            )
+            tiles = x.reshape(b, c, n, tile, n, tile).permute(2, 4, 0, 1, 3, 5).reshape(n * n * b, c, tile, tile)
             cls = self.forward_features(tiles)[:, 0]
             parts.append(cls.reshape(n * n, b, -1).mean(0))
         return torch.cat(parts, dim=-1)

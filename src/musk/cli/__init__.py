@@ -1,0 +1,48 @@
+"""The ``musk`` command: one subcommand per task, each a thin layer over a public function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..images import ImageLoadError
+from ..models import CheckpointMismatchError, WeightsUnavailableError
+from . import embed, info, zeroshot
+
+SUBCOMMANDS = (info, embed, zeroshot)
+#: Errors that are the user's to fix: reported in one line, exit status 2.
+USER_ERRORS = (WeightsUnavailableError, CheckpointMismatchError, ImageLoadError, FileNotFoundError, ValueError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musk", description="MUSK for computational pathology")
+    parser.add_argument("--version", action="version", version=f"musk-pathology {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``musk`` with ``argv`` (default: the command line); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    try:
+        return args.run(args)
+    except USER_ERRORS as e:
+        if args.verbose:
+            raise
+        print(f"musk {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Options shared by the subcommands, and turning them into a model."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+
+import numpy as np
+import torch
+
+from ..models import MUSK, create_model
+from ..models.factory import DEFAULT_MODEL
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_WEIGHTS = "hf_hub:xiangjx/musk"
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEFAULT_MODEL, help="registered architecture (default: %(default)s)")
+    group.add_argument(
+        "--weights",
+        "--pretrained_model",
+        dest="weights",
+        default=DEFAULT_WEIGHTS,
+        help="hub id, local .safetensors/.pth/.bin file or directory (default: %(default)s)",
+    )
+    group.add_argument("--cache_dir", default=None, help="Hugging Face cache directory (default: the standard one)")
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: %(default)s)")
+    group.add_argument("--precision", choices=sorted(DTYPES), default="fp32", help="default: %(default)s")
+    group.add_argument("--batch_size", type=int, default=batch_size, help="default: %(default)s")
+    group.add_argument("--num_workers", type=int, default=0, help="image loading processes (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_from_args(args: argparse.Namespace) -> MUSK:
+    seed_everything(args.seed)
+    return create_model(
+        args.model,
+        pretrained=args.weights,
+        device=resolve_device(args.device),
+        dtype=DTYPES[args.precision],
+        cache_dir=args.cache_dir,
+    )
+
+
+def show_progress() -> bool:
+    """Progress bars only when a person is watching."""
+    return sys.stderr.isatty()

@@ -1,0 +1,52 @@
+"""``musk embed``: image files or folders -> an embeddings file with the file list."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..embedding import embed_images
+from ..images import list_images
+from ..models.loading import resolve_weights
+from ..outputs import provenance, write_json
+from .common import add_model_args, add_runtime_args, model_from_args, show_progress
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("embed", help="embed images into an .npz file", description=__doc__)
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--output", "-o", required=True, help="the .npz to write (a .json with provenance goes beside it)")
+    p.add_argument("--ms_aug", action="store_true", help="multi-scale features (2 x width without the head)")
+    p.add_argument("--with_head", action="store_true", help="apply the projection head (for retrieval)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    add_model_args(p)
+    add_runtime_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = list_images(args.images)
+    model = model_from_args(args)
+    result = embed_images(
+        model,
+        paths,
+        with_head=args.with_head,
+        normalize=args.normalize,
+        ms_aug=args.ms_aug,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=show_progress(),
+    )
+    output = Path(args.output)
+    result.save(output)
+    config = {k: v for k, v in vars(args).items() if k != "run"}
+    record = provenance(config, resolve_weights(args.weights, args.cache_dir))
+    record["outputs"] = {"embeddings": len(result.files), "shape": list(result.vectors.shape), "failed": result.failed}
+    write_json(output.with_suffix(".json"), record)
+    logger.info("wrote %s: %d embeddings of width %d", output, *result.vectors.shape)
+    for name, error in result.failed.items():
+        logger.error("failed: %s (%s)", name, error)
+    return 1 if result.failed else 0

@@ -1,0 +1,72 @@
+"""``musk info``: versions, devices, cache locations, and whether the weights can be had."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import timm
+import torch
+
+from .. import __version__
+from ..models.loading import WEIGHTS_FILE, parse_hub_id
+from .common import DEFAULT_WEIGHTS
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("info", help="show versions, devices, caches and weights status", description=__doc__)
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="hub id to check (default: %(default)s)")
+    p.add_argument("--offline", action="store_true", help="only look in the cache, do not ask the hub")
+    p.set_defaults(run=run)
+
+
+def devices() -> list[str]:
+    found = ["cpu"]
+    found += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def weights_status(source: str, offline: bool) -> str:
+    """Where the weights are, or why they cannot be had, in one line."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    repo_id = parse_hub_id(source)
+    if repo_id is None:
+        return f"local file {source}"
+    cached = try_to_load_from_cache(repo_id, WEIGHTS_FILE)
+    if isinstance(cached, str):
+        return f"in the cache: {cached}"
+    if offline or constants.HF_HUB_OFFLINE:
+        return "not in the cache (offline: the hub was not asked)"
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, WEIGHTS_FILE), timeout=10)
+    except Exception as e:  # noqa: BLE001 - any failure here is the answer to report
+        return f"not in the cache and not reachable: {type(e).__name__}: {str(e).splitlines()[0]}"
+    return "not in the cache; downloadable from the hub"
+
+
+def run(args: argparse.Namespace) -> int:
+    from huggingface_hub import constants
+
+    lines = {
+        "musk-pathology": __version__,
+        "python": platform.python_version(),
+        "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)",
+        "timm": timm.__version__,
+        "devices": ", ".join(devices()),
+        "hf cache": constants.HF_HUB_CACHE,
+        "hf token": "set" if _has_token() else "not set",
+        f"weights {args.weights}": weights_status(args.weights, args.offline),
+    }
+    width = max(map(len, lines))
+    for key, value in lines.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _has_token() -> bool:
+    from huggingface_hub import get_token
+
+    return get_token() is not None

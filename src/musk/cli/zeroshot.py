@@ -1,0 +1,69 @@
+"""``musk zeroshot``: images + class names -> a table of class probabilities."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from ..embedding import embed_images
+from ..images import list_images
+from ..models.loading import resolve_weights
+from ..outputs import atomic_path, provenance, write_json
+from ..tokenizer import get_tokenizer
+from ..zeroshot import DEFAULT_TEMPLATES, class_embeddings, probabilities
+from .common import add_model_args, add_runtime_args, model_from_args, show_progress
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("zeroshot", help="classify images from class names", description=__doc__)
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--classes", nargs="+", required=True, help="class names, e.g. 'lung adenocarcinoma'")
+    p.add_argument(
+        "--templates", nargs="+", default=list(DEFAULT_TEMPLATES), help="prompt templates with {} for the class"
+    )
+    p.add_argument("--tokenizer", default=None, help="tokenizer.spm path (default: from the hub, with the weights)")
+    p.add_argument("--output", "-o", default=None, help="CSV to write (a .json with provenance goes beside it)")
+    add_model_args(p)
+    add_runtime_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = list_images(args.images)
+    model = model_from_args(args)
+    tokenizer = get_tokenizer(args.tokenizer, cache_dir=args.cache_dir)
+    classes = class_embeddings(model, tokenizer, args.classes, args.templates)
+    result = embed_images(
+        model,
+        paths,
+        with_head=True,
+        normalize=True,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=show_progress(),
+    )
+    probs = probabilities(model, torch.from_numpy(result.vectors), classes)
+    predictions = probs.argmax(dim=-1).tolist()
+    rows = [
+        [name, *(f"{p:.4f}" for p in row), args.classes[best]]
+        for name, row, best in zip(result.files, probs.tolist(), predictions, strict=True)
+    ]
+    rows += [[name, *([""] * len(args.classes)), "FAILED: " + error] for name, error in result.failed.items()]
+    header = ["file", *args.classes, "prediction"]
+    csv.writer(sys.stdout).writerows([header, *rows])
+    if args.output:
+        output = Path(args.output)
+        with atomic_path(output) as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+        config = {k: v for k, v in vars(args).items() if k != "run"}
+        write_json(output.with_suffix(".json"), provenance(config, resolve_weights(args.weights, args.cache_dir)))
+    for name, error in result.failed.items():
+        logger.error("failed: %s (%s)", name, error)
+    return 1 if result.failed else 0

@@ -1,0 +1,74 @@
+"""Writing results safely: atomic files and the provenance record saved next to every output."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it only when the block finishes without error.
+
+    A killed or failing job therefore never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file; a Hugging Face cache blob is named by it already, so that is read for free."""
+    path = Path(path)
+    blob = path.resolve()
+    if blob.parent.name == "blobs" and _SHA256.match(blob.name):
+        return blob.name
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(config: dict, weights: str | os.PathLike | None = None) -> dict:
+    """The resolved configuration plus the versions and weights that produced an output."""
+    import timm
+    import torch
+
+    from . import __version__
+
+    record = {
+        "config": config,
+        "versions": {
+            "musk-pathology": __version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+        },
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if weights is not None:
+        record["weights"] = {"path": str(weights), "sha256": file_sha256(weights)}
+    return record
