@@ -58,14 +58,14 @@ def download_from_hub(repo_id: str, filename: str, cache_dir: str | os.PathLike 
     except RepositoryNotFoundError as e:
         reason = f"the repository {repo_id} was not found, or it is gated and you are not logged in"
         cause = e
-    except EntryNotFoundError as e:
-        reason = f"{repo_id} has no file {filename}"
-        cause = e
-    except LocalEntryNotFoundError as e:
+    except (LocalEntryNotFoundError, ConnectionError) as e:  # before EntryNotFoundError: a subclass of it
         reason = (
             f"the hub is unreachable (or offline mode is on) and {filename} of {repo_id} is not in the "
             f"cache ({cache_dir or 'the default huggingface cache'})"
         )
+        cause = e
+    except EntryNotFoundError as e:
+        reason = f"{repo_id} has no file {filename}"
         cause = e
     except (HfHubHTTPError, OSError) as e:
         reason = f"downloading {filename} from {repo_id} failed ({type(e).__name__}: {e})"
