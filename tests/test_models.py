@@ -211,3 +211,21 @@ def test_drop_path_only_in_training(images):
         c = model.encode_image(images)
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_every_parameter_is_initialised():
+    """Built on meta and initialised once: norms are exactly 1/0, every weight matrix is a 0.02 normal."""
+    model = timm.create_model(TINY, vocab_size=5000)
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), name
+        if name == "logit_scale":
+            assert p.item() == pytest.approx(2.6593, abs=1e-4)  # log(1 / 0.07)
+        elif "layer_norm" in name or "_ln." in name or "layernorm" in name:
+            assert torch.all(p == (1.0 if name.endswith("weight") else 0.0)), name
+        elif name.endswith("bias"):
+            assert torch.all(p == 0), name
+        else:
+            assert p.std().item() == pytest.approx(0.02, rel=0.25), name
+            assert p.abs().max().item() <= 0.04 + 1e-6, name  # truncated at two standard deviations
+    with torch.device("meta"):
+        assert all(p.is_meta for p in timm.create_model(TINY).parameters())

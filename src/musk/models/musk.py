@@ -49,11 +49,31 @@ class MUSK(nn.Module):
         self.config = config
         self.embed_dim = self.num_features = config.embed_dim
         self.pretrained_cfg = default_pretrained_cfg(config)
-        self.beit3 = MultiwayBackbone(config)
-        self.vision_head = nn.Linear(config.embed_dim, config.embed_dim, bias=False)
-        self.language_head = nn.Linear(config.embed_dim, config.embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.apply(_init_weights)
+        device = torch.empty(0).device  # honours an enclosing `with torch.device(...)`
+        with torch.device("meta"):  # allocate once, initialise once (not PyTorch's defaults first)
+            self.beit3 = MultiwayBackbone(config)
+            self.vision_head = nn.Linear(config.embed_dim, config.embed_dim, bias=False)
+            self.language_head = nn.Linear(config.embed_dim, config.embed_dim, bias=False)
+            self.logit_scale = nn.Parameter(torch.empty(()))
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """BEiT-3 style initialisation: normal (std 0.02, cut at 2 std) weights, zero biases, unit norms."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                _trunc_normal(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        embed = self.beit3.vision_embed
+        _trunc_normal(embed.cls_token)
+        _trunc_normal(embed.mask_token)
+        self.logit_scale.fill_(math.log(1 / 0.07))
 
     # ---- the upstream call -------------------------------------------------------------------
     def forward(
@@ -154,16 +174,5 @@ class MUSK(nn.Module):
         self.beit3.encoder.grad_checkpointing = enable
 
 
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-    elif hasattr(module, "cls_token"):
-        nn.init.trunc_normal_(module.cls_token, std=0.02)
-        nn.init.trunc_normal_(module.mask_token, std=0.02)
+def _trunc_normal(tensor: torch.Tensor, std: float = 0.02) -> None:
+    nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
