@@ -65,3 +65,9 @@ def sample_slide() -> Path:
     if proc.returncode != 0:
         pytest.fail(f"{script} failed with status {proc.returncode}:\n{proc.stderr}")
     return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def large_random_state(make_checkpoint):
+    """``random_state_dict("large", 0)``: the published key layout with seed-0 random values (numpy)."""
+    return make_checkpoint.random_state_dict("large", 0)

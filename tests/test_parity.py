@@ -36,12 +36,11 @@ def assert_close(ours: torch.Tensor, ref: np.ndarray, key: str) -> None:
     assert err <= tol, f"{key}: max abs error {err:.3g} exceeds {tol:.3g}"
 
 
-def seeded_model(make_checkpoint, config: str):
-    """The architecture with ``random_state_dict(config, 0)`` assigned, without a random init first."""
+def seeded_model(config: str, arrays: dict):
+    """The architecture with the given numpy state dict assigned, without a random init first."""
     with torch.device("meta"):
         model = timm.create_model(ARCH[config])
-    state = {k: torch.from_numpy(v) for k, v in make_checkpoint.random_state_dict(config, 0).items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True, assign=True)
     return model.eval()
 
 
@@ -70,7 +69,7 @@ def test_goldens_are_all_covered(goldens):
 
 def test_tiny_every_mode_and_flag(goldens, make_checkpoint):
     arrays, manifest = goldens
-    model = seeded_model(make_checkpoint, "tiny")
+    model = seeded_model("tiny", make_checkpoint.random_state_dict("tiny", 0))
     cases = cases_of(manifest, "tiny")
     assert len(cases) == 9
     for case in cases:
@@ -79,7 +78,7 @@ def test_tiny_every_mode_and_flag(goldens, make_checkpoint):
 
 def test_tiny_joint_image_then_text(goldens, make_checkpoint):
     arrays, _ = goldens
-    model = seeded_model(make_checkpoint, "tiny")
+    model = seeded_model("tiny", make_checkpoint.random_state_dict("tiny", 0))
     images = torch.from_numpy(arrays["tiny/images"])
     ids = torch.from_numpy(arrays["text_ids"][:2])
     mask = torch.from_numpy(arrays["text_padding_mask"][:2])
@@ -104,8 +103,8 @@ def test_tiny_position_interpolation_from_32px(goldens, make_checkpoint, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def large_model(make_checkpoint):
-    model = seeded_model(make_checkpoint, "large")
+def large_model(large_random_state):
+    model = seeded_model("large", large_random_state)
     assert sum(p.numel() for p in model.parameters()) == 675_188_737
     assert len(model.state_dict()) == 974
     return model
