@@ -9,13 +9,15 @@ import timm
 import torch
 
 from .. import __version__
-from ..models.loading import WEIGHTS_FILE, parse_hub_id
+from ..models.loading import WEIGHTS_FILE, WeightsUnavailableError, parse_hub_id, resolve_weights
 from .common import DEFAULT_WEIGHTS
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("info", help="show versions, devices, caches and weights status", description=__doc__)
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="hub id to check (default: %(default)s)")
+    p.add_argument(
+        "--weights", default=DEFAULT_WEIGHTS, help="hub id, local file or directory to check (default: %(default)s)"
+    )
     p.add_argument("--offline", action="store_true", help="only look in the cache, do not ask the hub")
     p.set_defaults(run=run)
 
@@ -34,7 +36,10 @@ def weights_status(source: str, offline: bool) -> str:
 
     repo_id = parse_hub_id(source)
     if repo_id is None:
-        return f"local file {source}"
+        try:
+            return f"local file {resolve_weights(source)}"
+        except WeightsUnavailableError as e:
+            return f"not usable: {e}"
     cached = try_to_load_from_cache(repo_id, WEIGHTS_FILE)
     if isinstance(cached, str):
         return f"in the cache: {cached}"
