@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import musk
+from conftest import shared_path
 from musk.cli import main
 from musk.models import WeightsUnavailableError
 from musk.tokenizer import MuskTokenizer
@@ -529,3 +530,32 @@ def test_unknown_subcommand_is_a_usage_error(capsys):
         run("nonsense")
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_zeroshot_finds_the_tokenizer_beside_local_weights(monkeypatch, tmp_path, images, weights, capsys):
+    """A folder holding model.safetensors and tokenizer.spm works offline without --tokenizer."""
+    import shutil
+
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    folder = tmp_path / "musk"
+    folder.mkdir()
+    shutil.copy(weights, folder / "model.safetensors")
+    shutil.copy(shared_path("assets", "tokenizer.spm"), folder / "tokenizer.spm")
+    args = ["zeroshot", images["grey"], "--classes", *CLASSES, "--model", TINY, "--weights", folder]
+    assert run(*args, "--device", "cpu") == 0
+    table = read_csv(capsys.readouterr().out)
+    assert table[0] == ["file", *CLASSES, "prediction"] and len(table) == 2
+
+
+def test_info_reads_the_cache_dir_given(hub_cache, tmp_path, capsys):
+    other = tmp_path / "elsewhere"
+    cached, _ = fake_hub_cache(other, "xiangjx/musk", "model.safetensors", b"weights")
+    assert run("info", "--offline", "--cache_dir", other) == 0
+    lines = info_lines(capsys)
+    assert lines["hf cache"] == str(other)
+    assert lines["weights hf_hub:xiangjx/musk"] == f"in the cache: {cached}"

@@ -19,6 +19,7 @@ def add_parser(subparsers) -> None:
         "--weights", default=DEFAULT_WEIGHTS, help="hub id, local file or directory to check (default: %(default)s)"
     )
     p.add_argument("--offline", action="store_true", help="only look in the cache, do not ask the hub")
+    p.add_argument("--cache_dir", default=None, help="Hugging Face cache directory (default: the standard one)")
     p.set_defaults(run=run)
 
 
@@ -30,7 +31,7 @@ def devices() -> list[str]:
     return found
 
 
-def weights_status(source: str, offline: bool) -> str:
+def weights_status(source: str, offline: bool, cache_dir: str | None = None) -> str:
     """Where the weights are, or why they cannot be had, in one line."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 
@@ -40,7 +41,7 @@ def weights_status(source: str, offline: bool) -> str:
             return f"local file {resolve_weights(source)}"
         except WeightsUnavailableError as e:
             return f"not usable: {e}"
-    cached = try_to_load_from_cache(repo_id, WEIGHTS_FILE)
+    cached = try_to_load_from_cache(repo_id, WEIGHTS_FILE, cache_dir=cache_dir)
     if isinstance(cached, str):
         return f"in the cache: {cached}"
     if offline or constants.HF_HUB_OFFLINE:
@@ -61,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
         "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)",
         "timm": timm.__version__,
         "devices": ", ".join(devices()),
-        "hf cache": constants.HF_HUB_CACHE,
+        "hf cache": args.cache_dir or constants.HF_HUB_CACHE,
         "hf token": "set" if _has_token() else "not set",
-        f"weights {args.weights}": weights_status(args.weights, args.offline),
+        f"weights {args.weights}": weights_status(args.weights, args.offline, args.cache_dir),
     }
     width = max(map(len, lines))
     for key, value in lines.items():

@@ -12,9 +12,9 @@ import torch
 
 from ..embedding import embed_images
 from ..images import list_images
-from ..models.loading import resolve_weights
+from ..models.loading import parse_hub_id, resolve_weights
 from ..outputs import atomic_path, provenance, write_json
-from ..tokenizer import get_tokenizer
+from ..tokenizer import TOKENIZER_FILENAME, get_tokenizer
 from ..zeroshot import DEFAULT_TEMPLATES, class_embeddings, probabilities
 from .common import add_model_args, add_runtime_args, model_from_args, show_progress
 
@@ -28,17 +28,33 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--templates", nargs="+", default=list(DEFAULT_TEMPLATES), help="prompt templates with {} for the class"
     )
-    p.add_argument("--tokenizer", default=None, help="tokenizer.spm path (default: from the hub, with the weights)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer.spm path (default: beside local weights, else from the hub with the weights)",
+    )
     p.add_argument("--output", "-o", default=None, help="CSV to write (a .json with provenance goes beside it)")
     add_model_args(p)
     add_runtime_args(p)
     p.set_defaults(run=run)
 
 
+def tokenizer_source(tokenizer: str | None, weights: str) -> Path | None:
+    """The tokenizer to use: the one given, else ``tokenizer.spm`` beside local weights, else None (the hub)."""
+    if tokenizer:
+        return Path(tokenizer)
+    if parse_hub_id(weights) is None:
+        local = Path(weights).expanduser()
+        candidate = (local if local.is_dir() else local.parent) / TOKENIZER_FILENAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     paths = list_images(args.images)
     model = model_from_args(args)
-    tokenizer = get_tokenizer(args.tokenizer, cache_dir=args.cache_dir)
+    tokenizer = get_tokenizer(tokenizer_source(args.tokenizer, args.weights), cache_dir=args.cache_dir)
     classes = class_embeddings(model, tokenizer, args.classes, args.templates)
     result = embed_images(
         model,
