@@ -35,14 +35,12 @@ ACCESS_HELP = "request access at https://huggingface.co/xiangjx/musk"
 
 @pytest.fixture(autouse=True)
 def _drop_cli_log_handler():
-    """``main`` points the root logger at the stderr of its moment (capsys's): detach it afterwards."""
-    root = logging.getLogger()
-    level = root.level
+    """``main`` points the ``musk`` logger at the stderr of its moment (capsys's): undo that afterwards."""
+    log = logging.getLogger("musk")
     yield
-    for handler in root.handlers[:]:
-        if type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    root.setLevel(level)
+    log.handlers.clear()
+    log.setLevel(logging.NOTSET)
+    log.propagate = True
 
 
 @pytest.fixture(scope="module")
