@@ -229,3 +229,17 @@ def test_every_parameter_is_initialised():
             assert p.abs().max().item() <= 0.04 + 1e-6, name  # truncated at two standard deviations
     with torch.device("meta"):
         assert all(p.is_meta for p in timm.create_model(TINY).parameters())
+
+
+def test_empty_and_overlong_text_encode(model, tokenizer_file):
+    """Empty text is <s></s>; a text far past 100 tokens is cut to 100 and still ends with </s>."""
+    tokenizer = musk.MuskTokenizer(tokenizer_file)
+    ids, mask = tokenizer(["", "carcinoma " * 2000, "tumour"])
+    assert ids.shape == (3, 100)
+    assert ids[0, :2].tolist() == [0, 2] and mask[0].sum() == 98
+    assert ids[1, -1] == 2 and mask[1].sum() == 0
+    with torch.inference_mode():
+        emb = model.encode_text(ids, mask)
+        alone = model.encode_text(*tokenizer([""]))
+    assert torch.isfinite(emb).all() and emb.shape == (3, 64)
+    torch.testing.assert_close(emb[0], alone[0], atol=1e-5, rtol=1e-5)  # padding to 100 changes nothing
