@@ -35,7 +35,8 @@ class CheckpointMismatchError(ValueError):
 def _access_help(repo_id: str) -> str:
     return (
         f"MUSK's files are gated: request access at https://huggingface.co/{repo_id}, then log in with "
-        "`hf auth login` (or set HF_TOKEN). Or pass a local file (--weights PATH / pretrained=PATH)."
+        "`hf auth login` (older huggingface_hub: `huggingface-cli login`) or set HF_TOKEN. "
+        "Or pass a local file (--weights PATH / pretrained=PATH)."
     )
 
 
