@@ -172,7 +172,7 @@ def test_pretrained_true_uses_the_registered_hub_id(monkeypatch):
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
     with pytest.raises(WeightsUnavailableError):
-        timm.create_model("musk_large_patch16_384", pretrained=True, depth=1)
+        timm.create_model("musk_large_patch16_384", pretrained=True, depth=1, vocab_size=10)
     assert seen == ["xiangjx/musk"]
     with pytest.raises(WeightsUnavailableError, match="no published weights"):
         musk.create_model(TINY, pretrained=True)
