@@ -544,10 +544,12 @@ def test_zeroshot_finds_the_tokenizer_beside_local_weights(monkeypatch, tmp_path
     folder.mkdir()
     shutil.copy(weights, folder / "model.safetensors")
     shutil.copy(shared_path("assets", "tokenizer.spm"), folder / "tokenizer.spm")
-    args = ["zeroshot", images["grey"], "--classes", *CLASSES, "--model", TINY, "--weights", folder]
+    out = tmp_path / "zs.csv"
+    args = ["zeroshot", images["grey"], "--classes", *CLASSES, "--model", TINY, "--weights", folder, "-o", out]
     assert run(*args, "--device", "cpu") == 0
     table = read_csv(capsys.readouterr().out)
     assert table[0] == ["file", *CLASSES, "prediction"] and len(table) == 2
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["tokenizer"] == str(folder / "tokenizer.spm")
 
 
 def test_info_reads_the_cache_dir_given(hub_cache, tmp_path, capsys):

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(output) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([header, *rows])
         config = {k: v for k, v in vars(args).items() if k != "run"}
+        config["tokenizer"] = str(tokenizer.model_file)  # as resolved: given, beside the weights, or hub
         write_json(output.with_suffix(".json"), provenance(config, resolve_weights(args.weights, args.cache_dir)))
     for name, error in result.failed.items():
         logger.error("failed: %s (%s)", name, error)
