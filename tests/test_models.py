@@ -243,3 +243,17 @@ def test_empty_and_overlong_text_encode(model, tokenizer_file):
         alone = model.encode_text(*tokenizer([""]))
     assert torch.isfinite(emb).all() and emb.shape == (3, 64)
     torch.testing.assert_close(emb[0], alone[0], atol=1e-5, rtol=1e-5)  # padding to 100 changes nothing
+
+
+def test_cpu_feed_forward_blocks_give_the_whole_batch_answer(monkeypatch, model):
+    """The CPU path splits tokens into equal blocks; the result is the one-pass result."""
+    from musk.models import layer
+
+    ffn = model.beit3.encoder.layers[0].ffn.A
+    x = torch.randn(3, 17, 64)
+    with torch.inference_mode():
+        whole = ffn._mlp(x)
+        monkeypatch.setattr(layer, "CPU_BLOCK_VALUES", 7 * 256)  # 7 tokens a block at most: 51 -> 8 blocks
+        blocked = ffn(x)
+    assert blocked.shape == whole.shape
+    torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=1e-6)
