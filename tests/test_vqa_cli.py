@@ -1,0 +1,88 @@
+"""`musk vqa train | eval | ask` in-process, `ask` on the real H&E demo image, and a broken model folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+pytest.importorskip("accelerate", reason="training needs the [vqa] extra")
+
+from musk.cli import main
+from musk.vqa import answer_question, load_vqa_model
+from test_vqa_synthetic import make_vqa_set
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer_file):
+    root = tmp_path_factory.mktemp("cli")
+    data = make_vqa_set(root / "data", {"train": 40, "validation": 10, "test": 10}, seed=7, fmt="csv")
+    out = root / "run"
+    argv = ["vqa", "train", "--data", str(data), "--output_dir", str(out), "--model", "musk_tiny_patch16_64"]
+    argv += ["--weights", "none", "--tokenizer", str(tokenizer_file), "--epochs", "2", "--batch_size", "16"]
+    argv += ["--lr", "1e-3", "--layer_decay", "1.0", "--max_question_length", "32", "--device", "cpu"]
+    assert main(argv) == 0
+    return data, out
+
+
+def test_train_then_eval_writes_predictions_and_metrics(trained, tmp_path, capsys):
+    data, out = trained
+    capsys.readouterr()
+    predictions = tmp_path / "preds.csv"
+    argv = [
+        "vqa",
+        "eval",
+        "--data",
+        str(data),
+        "--split",
+        "test",
+        "--model_dir",
+        str(out / "best"),
+        "-o",
+        str(predictions),
+    ]
+    assert main([*argv, "--device", "cpu", "--batch_size", "7"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    rows = list(csv.DictReader(predictions.open()))
+    assert len(rows) == 40 == printed["n"]
+    assert set(rows[0]) >= {"image", "question", "answer", "prediction", "probability", "correct", "question_type"}
+    assert printed["overall"] == pytest.approx(sum(int(r["correct"]) for r in rows) / 40)
+    closed = [r for r in rows if r["closed"] == "1"]
+    assert printed["closed"] == pytest.approx(sum(int(r["correct"]) for r in closed) / len(closed))
+    assert all(0 < float(r["probability"]) <= 1 for r in rows)
+    record = json.loads(predictions.with_suffix(".json").read_text())
+    assert record["metrics"] == printed and record["config"]["split"] == "test"
+
+
+def test_ask_on_the_real_demo_image(trained, demo_image, capsys):
+    _, out = trained
+    answers = answer_question(out / "best", demo_image, "what colour is the shape?", top_k=3)
+    assert len(answers) == 3 and len({a for a, _ in answers}) == 3
+    probabilities = [p for _, p in answers]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+    vocab = load_vqa_model(out).vocab
+    assert all(a in vocab.answers for a, _ in answers)
+    # all answers: the probabilities are a distribution over the vocabulary
+    everything = answer_question(out / "best", demo_image, "what colour is the shape?", top_k=100)
+    assert len(everything) == len(vocab) and sum(p for _, p in everything) == pytest.approx(1.0, abs=1e-5)
+
+    capsys.readouterr()
+    argv = ["vqa", "ask", str(demo_image), "what colour is the shape?", "--model_dir", str(out), "--top_k", "3"]
+    assert main([*argv, "--device", "cpu", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(r["answer"], pytest.approx(r["probability"], abs=1e-5)) for r in printed] == answers
+
+
+def test_model_folder_without_vocabulary_is_refused(trained, tmp_path, demo_image, capsys):
+    _, out = trained
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("model.safetensors", "config.json", "tokenizer.spm"):
+        (broken / name).write_bytes((out / "best" / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"lacks answers.json \(the answer vocabulary\)"):
+        load_vqa_model(broken)
+    capsys.readouterr()
+    assert main(["vqa", "ask", str(demo_image), "is it red?", "--model_dir", str(broken), "--device", "cpu"]) == 2
+    assert "answers.json" in capsys.readouterr().err
+    assert main(["vqa", "ask", str(demo_image), "  ", "--model_dir", str(out), "--device", "cpu"]) == 2

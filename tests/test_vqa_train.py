@@ -1,0 +1,117 @@
+"""Training through the public function: the tiny model learns the generated set from the images, a model
+that sees only noise instead of the images does not; what a run writes; the multi-process accelerate path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("accelerate", reason="training needs the [vqa] extra")
+
+from musk.vqa import VQATrainConfig, evaluate_vqa, load_split, load_vqa_model, train_vqa
+from test_vqa_synthetic import make_vqa_set
+
+SPLITS = {"train": 250, "validation": 50}
+
+
+def tiny_config(data: Path, output_dir: Path, tokenizer_file: Path, **overrides) -> VQATrainConfig:
+    """Settings under which the 2-layer, 64-wide model learns the generated set from scratch on a CPU."""
+    values = dict(
+        data=str(data),
+        output_dir=str(output_dir),
+        model="musk_tiny_patch16_64",
+        weights=None,
+        tokenizer=str(tokenizer_file),
+        epochs=16,
+        batch_size=32,
+        lr=2e-3,
+        layer_decay=1.0,
+        weight_decay=0.01,
+        warmup_ratio=0.05,
+        max_question_length=32,
+        patience=0,
+        cpu=True,
+        seed=0,
+    )
+    return VQATrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tokenizer_file):
+    """One run on the images, one on the same questions with noise for images (the question-only baseline)."""
+    results = {}
+    for kind, noise in (("image", False), ("noise", True)):
+        root = tmp_path_factory.mktemp(kind)
+        data = make_vqa_set(root / "data", SPLITS, seed=0, noise_images=noise)
+        results[kind] = (data, train_vqa(tiny_config(data, root / "out", tokenizer_file)))
+    return results
+
+
+def test_learns_from_the_image_not_from_the_question_alone(runs):
+    _, image = runs["image"]
+    _, noise = runs["noise"]
+    assert image.best_accuracy >= 0.9, image.history
+    # each question's majority answer gets about half; noise images leave nothing else to learn
+    assert noise.best_accuracy <= 0.65, noise.history
+    best = image.history[image.best_epoch - 1]["validation"]
+    assert best["closed"] >= 0.9 and best["open"] >= 0.9
+    assert set(best["per_type"]) == {"colour", "shape"}
+
+
+def test_saved_best_model_reproduces_the_validation_accuracy(runs):
+    data, result = runs["image"]
+    assert result.best_dir == Path(result.output_dir) / "best"
+    files = {p.name for p in result.best_dir.iterdir()}
+    assert files == {"model.safetensors", "answers.json", "tokenizer.spm", "config.json", "provenance.json"}
+    assert (Path(result.output_dir) / "last" / "model.safetensors").is_file()
+    assert not [p for p in Path(result.output_dir).iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    provenance = json.loads((result.best_dir / "provenance.json").read_text())
+    assert provenance["config"]["lr"] == 2e-3 and provenance["epoch"] == result.best_epoch
+    assert "torch" in provenance["versions"]
+    history = json.loads((Path(result.output_dir) / "history.json").read_text())
+    assert history["best_epoch"] == result.best_epoch and len(history["history"]) == 16
+
+    saved = load_vqa_model(result.output_dir)  # a training folder resolves to its best model
+    assert saved.vocab.answers == load_vqa_model(result.best_dir).vocab.answers
+    report = evaluate_vqa(saved, load_split(data, "validation"), batch_size=64)
+    assert report.metrics["overall"] == pytest.approx(result.best_accuracy)
+
+
+def test_early_stopping_and_answer_filtering(tmp_path, tokenizer_file, caplog):
+    data = make_vqa_set(tmp_path / "data", {"train": 12, "validation": 4}, seed=3)
+    config = tiny_config(data, tmp_path / "out", tokenizer_file, epochs=6, lr=0.0, patience=1, min_answer_count=1000)
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        train_vqa(config)
+    # lr 0 never improves on the first epoch: patience 1 stops after the second
+    result = train_vqa(tiny_config(data, tmp_path / "out", tokenizer_file, epochs=6, lr=0.0, patience=1))
+    assert [h["epoch"] for h in result.history] == [1, 2] and result.best_epoch == 1
+
+
+def test_two_processes_under_accelerate_launch(tmp_path, tokenizer_file):
+    """A real two-process run of `musk vqa train` under `accelerate launch` on CPU (gloo): both processes train
+    on their share of the batches, the main one writes the model. (accelerate 1.x's `--cpu --num_processes 2`
+    starts one process without an MPI host file; `--multi_gpu` with `--device cpu` starts two through torchrun.)"""
+    pytest.importorskip("accelerate")
+    data = make_vqa_set(tmp_path / "data", {"train": 16, "validation": 4}, seed=5)
+    out = tmp_path / "out"
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [
+        str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "musk", "vqa", "train", "--data", str(data), "--output_dir", str(out),
+        "--model", "musk_tiny_patch16_64", "--weights", "none", "--tokenizer", str(tokenizer_file),
+        "--epochs", "2", "--batch_size", "8", "--max_question_length", "32", "--lr", "1e-3", "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    provenance = json.loads((out / "best" / "provenance.json").read_text())
+    assert provenance["processes"] == 2
+    history = json.loads((out / "history.json").read_text())["history"]
+    assert len(history) == 2 and history[-1]["validation"]["n"] == 16  # every validation question scored once
+    assert load_vqa_model(out).vocab.answers
