@@ -170,6 +170,8 @@ def train_vqa(
     )
     set_seed(config.seed)
     main = accelerator.is_main_process
+    if not main:  # one process reports; the others only warn
+        logging.getLogger("musk").setLevel(logging.WARNING)
     if train_examples is None or (val_examples is None and config.val_split):
         if config.data is None:
             raise ValueError("no training data: set data (a folder or file) or pass the examples")
