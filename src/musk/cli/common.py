@@ -16,7 +16,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_WEIGHTS = "hf_hub:xiangjx/musk"
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+WEIGHTS_HELP = "hub id, local .safetensors/.pth/.bin file or directory"
+
+
+def add_model_args(parser: argparse.ArgumentParser, weights_help: str = WEIGHTS_HELP) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DEFAULT_MODEL, help="registered architecture (default: %(default)s)")
     group.add_argument(
@@ -24,7 +27,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--pretrained_model",
         dest="weights",
         default=DEFAULT_WEIGHTS,
-        help="hub id, local .safetensors/.pth/.bin file or directory (default: %(default)s)",
+        help=f"{weights_help} (default: %(default)s)",
     )
     group.add_argument("--cache_dir", default=None, help="Hugging Face cache directory (default: the standard one)")
 
@@ -36,6 +39,11 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 32) -> N
     group.add_argument("--batch_size", type=int, default=batch_size, help="default: %(default)s")
     group.add_argument("--num_workers", type=int, default=0, help="image loading processes (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    """The resolved options of a command, for the provenance record (the handler function left out)."""
+    return {k: v for k, v in vars(args).items() if k != "run"}
 
 
 def resolve_device(name: str) -> torch.device:

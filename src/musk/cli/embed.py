@@ -10,7 +10,7 @@ from ..embedding import embed_images
 from ..images import list_images
 from ..models.loading import resolve_weights
 from ..outputs import provenance, write_json
-from .common import add_model_args, add_runtime_args, model_from_args, show_progress
+from .common import add_model_args, add_runtime_args, model_from_args, run_config, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     )
     output = Path(args.output)
     result.save(output)
-    config = {k: v for k, v in vars(args).items() if k != "run"}
+    config = run_config(args)
     record = provenance(config, resolve_weights(args.weights, args.cache_dir))
     record["outputs"] = {"embeddings": len(result.files), "shape": list(result.vectors.shape), "failed": result.failed}
     write_json(output.with_suffix(".json"), record)

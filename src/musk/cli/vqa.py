@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..outputs import provenance, write_json
-from .common import DEFAULT_WEIGHTS, DTYPES, add_runtime_args, resolve_device, seed_everything, show_progress
+from .common import DTYPES, add_model_args, add_runtime_args, resolve_device, run_config, seed_everything, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -31,22 +31,13 @@ def add_parser(subparsers) -> None:
 
 
 def _add_train(commands) -> None:
-    from ..models.factory import DEFAULT_MODEL
     from ..vqa.train import LOSSES, PRECISIONS, VQATrainConfig
 
     d = VQATrainConfig()
     p = commands.add_parser("train", help="fine-tune on a VQA dataset", description="Fine-tune MUSK for VQA.")
     p.add_argument("--data", "--dataset_root", dest="data", required=True, help="PathVQA parquet folder, or JSONL/CSV")
     p.add_argument("--output_dir", "-o", required=True, help="where best/, last/ and history.json go")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="registered architecture (default: %(default)s)")
-    p.add_argument(
-        "--weights",
-        "--pretrained_model",
-        dest="weights",
-        default=DEFAULT_WEIGHTS,
-        help="MUSK weights to start from: hub id, local file or folder, or 'none' (default: %(default)s)",
-    )
-    p.add_argument("--cache_dir", default=None, help="Hugging Face cache directory")
+    add_model_args(p, weights_help="MUSK weights to start from: hub id, local file or folder, or 'none'")
     p.add_argument("--tokenizer", default=None, help="tokenizer.spm path (default: from the hub)")
     p.add_argument("--train_split", default=d.train_split, help="default: %(default)s")
     p.add_argument("--val_split", default=d.val_split, help="default: %(default)s; 'none' for no validation")
@@ -123,7 +114,7 @@ def run_eval(args: argparse.Namespace) -> int:
     print(json.dumps(report.metrics, indent=2))
     if args.output:
         output = write_predictions_csv(args.output, report)
-        config = {k: v for k, v in vars(args).items() if k != "run"}
+        config = run_config(args)
         record = provenance(config, Path(args.model_dir) / "model.safetensors" if _has_weights(args) else None)
         record["metrics"] = report.metrics
         write_json(output.with_suffix(".json"), record)

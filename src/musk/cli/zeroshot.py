@@ -16,7 +16,7 @@ from ..models.loading import parse_hub_id, resolve_weights
 from ..outputs import atomic_path, provenance, write_json
 from ..tokenizer import TOKENIZER_FILENAME, get_tokenizer
 from ..zeroshot import DEFAULT_TEMPLATES, class_embeddings, probabilities
-from .common import add_model_args, add_runtime_args, model_from_args, show_progress
+from .common import add_model_args, add_runtime_args, model_from_args, run_config, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         output = Path(args.output)
         with atomic_path(output) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([header, *rows])
-        config = {k: v for k, v in vars(args).items() if k != "run"}
+        config = run_config(args)
         config["tokenizer"] = str(tokenizer.model_file)  # as resolved: given, beside the weights, or hub
         write_json(output.with_suffix(".json"), provenance(config, resolve_weights(args.weights, args.cache_dir)))
     for name, error in result.failed.items():
