@@ -1,0 +1,104 @@
+"""Patch coordinate and feature files (h5), readable by CLAM- and TRIDENT-style code.
+
+Datasets: ``coords`` int64 (N, 2), level-0 top-left (x, y); ``features`` float32 (N, D) in feature files;
+per-patch values such as zero-shot probabilities or MIL attention as further (N, ...) datasets. Slide-level
+facts (patch size, magnification, mpp, level-0 size, encoder ...) are file attributes. Files are written to
+a temporary name and renamed, so a killed job never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..outputs import atomic_path
+
+
+@dataclass
+class PatchFile:
+    """The contents of one h5 file: ``coords``, the other per-patch arrays by name, and the attributes."""
+
+    coords: np.ndarray
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def features(self) -> np.ndarray:
+        if "features" not in self.arrays:
+            raise KeyError("this h5 file holds no 'features' dataset (a coordinates-only file?)")
+        return self.arrays["features"]
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as e:
+        raise ImportError("h5 files need h5py: pip install 'musk-pathology[wsi]'") from e
+    return h5py
+
+
+def write_patch_file(
+    path: str | os.PathLike,
+    coords: np.ndarray,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    attrs: Mapping[str, object] | None = None,
+) -> Path:
+    """Write ``coords`` (N, 2), per-patch ``arrays`` (N, ...) and ``attrs`` to ``path`` atomically.
+
+    ``features`` is stored as float32; attributes that are ``None`` are left out (h5 has no null).
+    """
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    checked = {}
+    for name, value in (arrays or {}).items():
+        value = np.asarray(value, dtype=np.float32 if name == "features" else None)
+        if value.shape[:1] != coords.shape[:1]:
+            raise ValueError(f"{name!r} has {value.shape[0]} rows but there are {len(coords)} coordinates")
+        checked[name] = value
+    h5py = _h5py()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("coords", data=coords)
+            for name, value in checked.items():
+                f.create_dataset(name, data=value)
+            for key, value in (attrs or {}).items():
+                if value is not None:
+                    f.attrs[key] = value
+    return path
+
+
+def read_patch_file(path: str | os.PathLike, arrays: tuple[str, ...] | None = None) -> PatchFile:
+    """Read an h5 patch file: every dataset, or only ``coords`` and the named ``arrays``."""
+    h5py = _h5py()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no h5 file at {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable h5 file ({e}); delete it and extract again") from e
+    with f:
+        if "coords" not in f:
+            raise ValueError(f"{path} has no 'coords' dataset (it has: {', '.join(f.keys()) or 'nothing'})")
+        wanted = [k for k in f.keys() if k != "coords"] if arrays is None else list(arrays)
+        missing = [k for k in wanted if k not in f]
+        if missing:
+            raise ValueError(f"{path} has no {', '.join(map(repr, missing))} dataset (it has: {', '.join(f.keys())})")
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        return PatchFile(f["coords"][()], {k: f[k][()] for k in wanted}, attrs)
+
+
+def _plain(value: object) -> object:
+    """h5 attribute values as plain Python (numpy scalars and bytes become int/float/str)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
