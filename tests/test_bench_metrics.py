@@ -148,3 +148,12 @@ def test_linear_probe_learns_separable_classes_and_probabilities_give_sklearn_au
 
     assert auroc(y, probs) == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
     assert auroc(y[:20], probs[:20]) != auroc(y[:20], probs[:20])  # NaN: a single class present
+
+
+def test_validation_selected_weight_decay_rejects_a_decay_that_erases_the_probe():
+    from musk.bench.tasks.linear_probe import select_weight_decay
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 10)
+    x = np.eye(3)[y] * 4 + rng.normal(scale=0.3, size=(30, 3))
+    assert select_weight_decay(x, y, 3, [1000.0, 0.0], seed=0, lr=0.1, epochs=20, batch_size=8) == 0.0
