@@ -150,7 +150,7 @@ def test_linear_probe_learns_separable_classes_and_probabilities_give_sklearn_au
     assert auroc(y[:20], probs[:20]) != auroc(y[:20], probs[:20])  # NaN: a single class present
 
 
-def test_validation_selected_weight_decay_rejects_a_decay_that_erases_the_probe():
+def test_validation_selected_weight_decay_rejects_a_decay_that_ruins_the_probe():
     from musk.bench.tasks.linear_probe import select_weight_decay
 
     rng = np.random.default_rng(1)
