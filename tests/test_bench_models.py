@@ -168,6 +168,10 @@ def test_timm_adapter_runs_the_image_tasks_and_refuses_text_tasks(tmp_path, tile
             )
         )
     assert {r["task"] for r in read_records(tmp_path / "timm.json")} == {"image_retrieval", "knn", "linear_probe"}
+    state = {**encoder.state_dict(), "blocks.0.ls1.gamma": torch.ones(8), "head.weight": torch.zeros(2, 8)}
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match=r"blocks\.0\.ls1\.gamma"):  # the classifier head alone is fine
+        load_adapter("timm:test_vit", str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="no text encoder"):
         run_benchmark(
             BenchConfig(

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 #: Feature kinds: "embedding" is the projected, unit-norm vector of the shared image-text space (zero-shot and
 #: retrieval); "probe" is the representation the upstream linear probe trains on.
 FEATURE_KINDS = ("embedding", "probe")
+#: Classifier weights a timm checkpoint may carry that an encoder built with ``num_classes=0`` does not use.
+HEAD_PREFIXES = ("head.", "fc.", "classifier.", "head_drop.")
 
 
 class ModelAdapter:
@@ -209,8 +211,12 @@ class TimmAdapter(ModelAdapter):
             missing, unexpected = module.load_state_dict(state, strict=False)
             if missing:
                 raise ValueError(f"{self._file} lacks {len(missing)} weights of {arch}, e.g. {missing[:5]}")
+            unexpected = [k for k in unexpected if not k.startswith(HEAD_PREFIXES)]
             if unexpected:
-                logger.info("ignored %d weights of %s not used by %s", len(unexpected), self._file, arch)
+                raise ValueError(
+                    f"{self._file} has {len(unexpected)} weights {arch} lacks, e.g. {unexpected[:5]}; "
+                    "is it another architecture (e.g. with layer scale)?"
+                )
         self.module = module.to(device=device, dtype=dtype).eval()
         config = timm.data.resolve_data_config({}, model=self.module)
         super().__init__(name, pretrained, timm.data.create_transform(**config), device, dtype)
