@@ -70,19 +70,26 @@ class FileImages(ImageSource):
 
 
 class ArrayImages(ImageSource):
-    """Images stored in an array-like of shape (N, H, W, 3) (numpy, or an h5py dataset read lazily)."""
+    """Images in an array-like of shape (N, H, W, 3): numpy, memory-mapped .npy, or an h5py dataset.
 
-    def __init__(self, array, name: str, open_array: Callable[[], object] | None = None):
+    ``open_array`` (instead of ``array``) opens the array on first use in each process, for handles such as
+    h5py's that do not survive being sent to DataLoader workers.
+    """
+
+    def __init__(self, array=None, name: str = "array", root: str | Path = "", open_array: Callable | None = None):
+        if (array is None) == (open_array is None):
+            raise ValueError("give either array or open_array")
         self._array = array
         self._open = open_array
         self.name = name
-        self._length = len(array) if array is not None else len(open_array())
+        self.root = Path(root)
+        self._length = len(array if array is not None else open_array())
 
     def __len__(self) -> int:
         return self._length
 
     def _data(self):
-        if self._array is None:  # opened lazily, once per process (h5py handles do not survive fork)
+        if self._array is None:
             self._array = self._open()
         return self._array
 

@@ -22,20 +22,17 @@ CLASSES = ["benign", "malignant"]
 FOLDS = {"train": (1, 2), "test": (3,)}
 
 
-class _Folds(ArrayImages):
-    """Images of several PanNuke folds as one source (memory-mapped .npy files)."""
+class _Folds:
+    """Several memory-mapped .npy image arrays indexed as one."""
 
-    def __init__(self, files: list[Path], root: Path):
-        self.files = files
-        self.root = root
+    def __init__(self, files: list[Path]):
         self.arrays = [np.load(f, mmap_mode="r") for f in files]
         self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
-        super().__init__(self, "+".join(str(f.relative_to(root)) for f in files))
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> np.ndarray:
         fold = int(np.searchsorted(self.offsets, index, side="right")) - 1
         return self.arrays[fold][index - self.offsets[fold]]
 
@@ -47,7 +44,8 @@ def _official(name: str, root: Path, split: str) -> BenchData:
         image_files.append(require(fold / "images" / f"fold{n}" / "images.npy", name))
         masks = np.load(require(fold / "masks" / f"fold{n}" / "masks.npy", name), mmap_mode="r")
         labels += [int(np.any(masks[i, :, :, 0] > 0)) for i in range(len(masks))]
-    return BenchData(name, split, _Folds(image_files, root), labels=labels, classes=list(CLASSES))
+    images = ArrayImages(_Folds(image_files), "+".join(str(f.relative_to(root)) for f in image_files), root)
+    return BenchData(name, split, images, labels=labels, classes=list(CLASSES))
 
 
 def load(name: str, root: Path, split: str) -> BenchData:

@@ -30,6 +30,5 @@ def load(name: str, root: Path, split: str) -> BenchData:
     x_path = require(root / f"{stem}_x.h5", name)
     y_path = require(root / f"{stem}_y.h5", name)
     labels = np.asarray(_dataset(y_path, "y")[:]).reshape(-1)
-    images = ArrayImages(None, f"{stem}_x.h5", open_array=partial(_dataset, x_path, "x"))
-    images.root = root
+    images = ArrayImages(name=f"{stem}_x.h5", root=root, open_array=partial(_dataset, x_path, "x"))
     return BenchData(name, split, images, labels=labels, classes=list(CLASSES))
