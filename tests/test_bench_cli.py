@@ -3,6 +3,7 @@ the scores equal an independent computation from the model's own embeddings."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -66,6 +67,7 @@ def test_upstream_cross_modal_retrieval_command(workdir, monkeypatch):
     assert main(argv) == 0
     (record,) = read_records(workdir / "results" / "benchmark_mm_retrieval.json")
     assert UPSTREAM_KEYS <= set(record) and record["seed"] == 42 and record["n_samples"] == 9
+    assert record["weights_sha256"] == hashlib.sha256((workdir / "tiny.safetensors").read_bytes()).hexdigest()
     # independent: the model's own embeddings, ranks counted in plain Python
     demo = workdir / "downstreams_demo" / "PathMMU"
     paths, captions = [], []

@@ -157,3 +157,39 @@ def test_validation_selected_weight_decay_rejects_a_decay_that_ruins_the_probe()
     y = np.repeat(np.arange(3), 10)
     x = np.eye(3)[y] * 4 + rng.normal(scale=0.3, size=(30, 3))
     assert select_weight_decay(x, y, 3, [1000.0, 0.0], seed=0, lr=0.1, epochs=20, batch_size=8) == 0.0
+
+
+def test_build_headlines_and_spread_from_hand_written_records(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from musk.bench.build import build
+
+    def record(task, dataset, metrics, k=None, seed=0, model="m"):
+        return {
+            "model": model,
+            "pretrained": "p",
+            "dataset": dataset,
+            "task": task,
+            "fewshot_k": k,
+            "seed": seed,
+            "n_samples": 10,
+            "metrics": metrics,
+        }
+
+    records = [
+        record("zeroshot_retrieval", "arch", {"image_retrieval_recall@10": 0.9, "image_retrieval_recall@5": 0.5}),
+        record("knn", "crc", {"balanced_acc": 0.6, "per_class_recall": [0.5, 0.7]}, k=4, seed=1),
+        record("knn", "crc", {"balanced_acc": 0.8, "per_class_recall": [0.7, 0.9]}, k=4, seed=2),
+        record("knn", "crc", {"balanced_acc": 0.9}, k=8, seed=1),
+    ]
+    results = tmp_path / "r.json"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    written = build([results], tmp_path / "out" / "b.csv")
+    table = pd.read_csv(tmp_path / "out" / "b.csv")
+    assert len(table) == 4 and "per_class_recall" not in table.columns
+    md = (tmp_path / "out" / "b.md").read_text()
+    assert "## zeroshot_retrieval (image_retrieval_recall@5)" in md and "| arch | all | 0.5000 |" in md
+    assert f"| crc | 4 | 0.7000 ± {np.std([0.6, 0.8], ddof=1):.4f} (n=2) |" in md
+    assert sorted(p.name for p in written["plots"]) == ["knn.png", "knn_crc_fewshot.png", "zeroshot_retrieval.png"]

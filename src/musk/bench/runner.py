@@ -151,7 +151,7 @@ def run_benchmark(config: BenchConfig) -> list[dict]:
                 logger.info("running %s on %s with %s (k=%s, seed=%s)", task, dataset, name, k, seed)
                 torch.manual_seed(seed)
                 metrics = _evaluate(task, adapter, data, train, store, config, k, seed)
-                record = _record(config, name, pretrained, dataset, len(data.images), task, k, seed, metrics)
+                record = _record(config, adapter, dataset, len(data.images), task, k, seed, metrics)
                 write_record(path, record)
                 written.append(record)
                 logger.info("wrote %s", path)
@@ -162,13 +162,13 @@ def _load(dataset: str, config: BenchConfig, split: str) -> BenchData:
     return load_dataset(dataset, config.dataset_root, split, config.custom_classname_file, config.custom_template_file)
 
 
-def _record(config, model, pretrained, dataset, n_samples, task, k, seed, metrics) -> dict:
+def _record(config, adapter: ModelAdapter, dataset, n_samples, task, k, seed, metrics) -> dict:
     settings = asdict(config)
     settings["models"] = [list(m) for m in config.models]
     record = {
         "dataset": dataset,
-        "model": model,
-        "pretrained": pretrained,
+        "model": adapter.name,
+        "pretrained": adapter.pretrained,
         "task": task,
         "metrics": metrics,
         "language": "en",
@@ -176,6 +176,7 @@ def _record(config, model, pretrained, dataset, n_samples, task, k, seed, metric
         "seed": seed,
         "n_samples": n_samples,
         "package_version": __version__,
+        "weights_sha256": adapter.weights_id(),
     }
     record.update(provenance(settings))
     return record
