@@ -1,0 +1,206 @@
+"""Feature cache (reuse and invalidation) and the peer-model adapters (open_clip, timm) on real small models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import bench_layouts as layouts
+import musk
+from musk.bench import BenchConfig, FeatureStore, load_adapter, load_dataset, parse_models, run_benchmark
+from musk.bench.results import read_records
+from musk.bench.runner import output_path
+
+
+def _checkpoint(path, seed):
+    torch.manual_seed(seed)
+    model = musk.create_model("musk_tiny_patch16_64")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture()
+def tiles(tmp_path):
+    for split in ("train", "test"):
+        for c in ("benign", "tumor"):
+            for i in range(3):
+                layouts.image(tmp_path / "tiles" / split / c / f"{i}.png")
+    return tmp_path / "tiles"
+
+
+def test_feature_cache_is_reused_and_invalidated_by_ms_aug_weights_and_files(tmp_path, tiles):
+    weights_a = _checkpoint(tmp_path / "a.safetensors", 0)
+    weights_b = _checkpoint(tmp_path / "b.safetensors", 1)
+    data = load_dataset("folder", tiles, "train")
+    cache = tmp_path / "cache"
+    adapter = load_adapter("musk_tiny_patch16_64", str(weights_a))
+
+    first = FeatureStore(cache)
+    probe = first.image_features(adapter, data, "probe")
+    assert first.extractions == 1 and len(list(cache.glob("*.npz"))) == 1
+    # what was cached is the model's own normalised CLS feature
+    model = musk.create_model("musk_tiny_patch16_64", pretrained=str(weights_a))
+    transform = musk.get_transform(model)
+    batch = torch.stack([transform(musk.load_image(p)) for p in data.images.paths])
+    with torch.inference_mode():
+        direct = model.encode_image(batch, with_head=False, normalize=True).numpy()
+    np.testing.assert_allclose(probe, direct, atol=1e-5)
+
+    second = FeatureStore(cache)  # a new process: served from disk
+    np.testing.assert_array_equal(second.image_features(adapter, data, "probe"), probe)
+    assert second.extractions == 0
+
+    multiscale = second.image_features(adapter, data, "probe", ms_aug=True)
+    assert second.extractions == 1 and multiscale.shape == (6, 128)
+    other = FeatureStore(cache).image_features(load_adapter("musk_tiny_patch16_64", str(weights_b)), data, "probe")
+    assert not np.allclose(other, probe)
+    layouts.image(tiles / "train" / "tumor" / "new.png")
+    grown = FeatureStore(cache)
+    assert grown.image_features(adapter, load_dataset("folder", tiles, "train"), "probe").shape[0] == 7
+    assert grown.extractions == 1
+    assert len(list(cache.glob("*.npz"))) == 4
+
+    for path in cache.glob("*.npz"):
+        path.write_bytes(b"truncated")
+    damaged = FeatureStore(cache)
+    np.testing.assert_allclose(damaged.image_features(adapter, data, "probe"), probe, atol=1e-6)
+    assert damaged.extractions == 1
+
+
+def test_linear_probe_and_knn_over_seeds_and_shots_extract_once(tmp_path, tiles):
+    weights = _checkpoint(tmp_path / "w.safetensors", 0)
+    store_dir = tmp_path / "features"
+    config = BenchConfig(
+        models=[("musk_tiny_patch16_64", str(weights))],
+        datasets=["folder"],
+        dataset_root=str(tiles),
+        task="linear_probe",
+        fewshot_k=[1, 2, -1],
+        seeds=[0, 1],
+        output=str(tmp_path / "lp.json"),
+        feature_root=str(store_dir),
+        num_workers=0,
+    )
+    records = run_benchmark(config)
+    assert len(records) == 6 and len(list(store_dir.glob("*.npz"))) == 2
+    knn_records = run_benchmark(BenchConfig(**{**config.__dict__, "task": "knn", "output": str(tmp_path / "knn.json")}))
+    assert {r["metrics"]["k"] for r in knn_records} == {2, 4, 6}  # k = 20 capped at the training set
+    assert len(list(store_dir.glob("*.npz"))) == 2  # the same features served the kNN probe
+
+
+def _tiny_open_clip(folder):
+    import open_clip
+
+    config = {
+        "model_cfg": {
+            "embed_dim": 32,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        },
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    }
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model(f"local-dir:{folder}")
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return model
+
+
+def test_open_clip_adapter_zero_shot_equals_open_clip_itself(tmp_path, tiles):
+    import open_clip
+
+    reference = _tiny_open_clip(tmp_path / "clip").eval()
+    name = f"open_clip:local-dir:{tmp_path / 'clip'}"
+    records = run_benchmark(
+        BenchConfig(
+            models=[(name, "")],
+            datasets=["folder"],
+            dataset_root=str(tiles),
+            output=str(tmp_path / "zs.json"),
+            num_workers=0,
+        )
+    )
+    (record,) = records
+    data = load_dataset("folder", tiles, "test")
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'clip'}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'clip'}")
+    with torch.inference_mode():
+        images = torch.stack([preprocess(musk.load_image(p)) for p in data.images.paths])
+        img = torch.nn.functional.normalize(reference.encode_image(images), dim=-1)
+        classes = []
+        for c in data.classes:
+            prompts = [t.replace("{c}", c) for t in data.templates]
+            mean = torch.nn.functional.normalize(reference.encode_text(tokenizer(prompts)), dim=-1).mean(0)
+            classes.append(mean / mean.norm())
+        predictions = (img @ torch.stack(classes).T).argmax(1).numpy()
+    assert record["metrics"]["acc1"] == pytest.approx(np.mean(predictions == data.labels))
+
+
+def test_timm_adapter_runs_the_image_tasks_and_refuses_text_tasks(tmp_path, tiles):
+    import timm
+
+    torch.manual_seed(0)
+    encoder = timm.create_model("test_vit", num_classes=0)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp_path / "vit.safetensors")
+    model = ("timm:test_vit", str(tmp_path / "vit.safetensors"))
+    adapter = load_adapter(*model)
+    data = load_dataset("folder", tiles, "test")
+    features = FeatureStore().image_features(adapter, data, "probe")
+    config = timm.data.resolve_data_config({}, model=encoder)
+    transform = timm.data.create_transform(**config)
+    with torch.inference_mode():
+        direct = encoder.eval()(torch.stack([transform(musk.load_image(p)) for p in data.images.paths]))
+    np.testing.assert_allclose(features, torch.nn.functional.normalize(direct, dim=-1).numpy(), atol=1e-5)
+    for task in ("image_retrieval", "knn", "linear_probe"):
+        run_benchmark(
+            BenchConfig(
+                models=[model],
+                datasets=["folder"],
+                dataset_root=str(tiles),
+                task=task,
+                output=str(tmp_path / "timm.json"),
+                num_workers=0,
+            )
+        )
+    assert {r["task"] for r in read_records(tmp_path / "timm.json")} == {"image_retrieval", "knn", "linear_probe"}
+    state = {**encoder.state_dict(), "blocks.0.ls1.gamma": torch.ones(8), "head.weight": torch.zeros(2, 8)}
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match=r"blocks\.0\.ls1\.gamma"):  # the classifier head alone is fine
+        load_adapter("timm:test_vit", str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="no text encoder"):
+        run_benchmark(
+            BenchConfig(
+                models=[model],
+                datasets=["folder"],
+                dataset_root=str(tiles),
+                output=str(tmp_path / "zs.json"),
+                num_workers=0,
+            )
+        )
+
+
+def test_model_lists_and_output_placeholders(tmp_path):
+    listing = tmp_path / "models.txt"
+    listing.write_text("# the paper's comparison\nmusk_large_patch16_384,hf_hub:xiangjx/musk\n\ntimm:vit_small,timm\n")
+    assert parse_models([str(listing), "open_clip:ViT-B-16,/w/quilt.pt"]) == [
+        ("musk_large_patch16_384", "hf_hub:xiangjx/musk"),
+        ("timm:vit_small", "timm"),
+        ("open_clip:ViT-B-16", "/w/quilt.pt"),
+    ]
+    with pytest.raises(ValueError, match="unknown model 'conch'"):
+        load_adapter("conch", "/mnt/conch.pt")
+    path = output_path(
+        "out/{model}_{pretrained}_{dataset}_{task}_{fewshot_k}_{seed}.json",
+        "open_clip:hf-hub:a/b",
+        "hf_hub:xiangjx/musk",
+        "pannuke",
+        "linear_probe",
+        8,
+        3,
+    )
+    assert str(path) == "out/open_clip_hf-hub_a_b_hf_hub_xiangjx_musk_pannuke_linear_probe_8_3.json"
