@@ -37,6 +37,9 @@ class MaskedModellingModel(nn.Module):
         self.mlm_head = nn.Linear(d, musk.config.vocab_size)
         _init_linear(self.mim_head)
         _init_linear(self.mlm_head)
+        # the projection heads and temperature belong to stage 2; DDP needs every trained parameter used
+        for param in (musk.vision_head.weight, musk.language_head.weight, musk.logit_scale):
+            param.requires_grad_(False)
 
     def forward(self, batch: dict) -> ObjectiveOutput:
         """``batch``: ``images`` (B, 3, S, S), ``image_mask`` (B, patches) bool, ``codes`` (B, patches);
@@ -97,6 +100,7 @@ class ContrastiveModel(nn.Module):
         self.mlm_head = nn.Linear(d, musk.config.vocab_size)
         _init_linear(self.mlm_head)
         self.mlm_weight = mlm_weight
+        musk.beit3.vision_embed.mask_token.requires_grad_(False)  # no masked images in stage 2
 
     def forward(self, batch: dict) -> ObjectiveOutput:
         """``batch``: ``images``; ``text_ids``, ``text_padding_mask`` (the captions); ``masked_ids``,

@@ -119,7 +119,8 @@ def train_tokenizer(config: TokenizerConfig) -> TrainResult:
             return {"images": _stream(config, source, maker, config.batch_size, _IMAGES, positions, rank, world,
                                       name="images")}  # fmt: skip
 
-        return StageSetup(model, streams, config.batch_size, _sized(source), _TeacherTargets(teacher, accelerator.device),
+        targets = _TeacherTargets(teacher, accelerator.device)
+        return StageSetup(model, streams, config.batch_size, _sized(source), targets,
                           {"visual_tokenizer": asdict(vq_config)})  # fmt: skip
 
     result = train_stage(config, build, "tokenizer")
@@ -128,14 +129,6 @@ def train_tokenizer(config: TokenizerConfig) -> TrainResult:
 
 
 # ---- stage 1 ------------------------------------------------------------------------------------------
-def _freeze_unused_heads(musk) -> None:
-    """Stage 1 trains no projection heads or temperature (left for stage 2): DDP needs every trained
-    parameter to take part in the loss."""
-    for module in (musk.vision_head, musk.language_head):
-        module.requires_grad_(False)
-    musk.logit_scale.requires_grad_(False)
-
-
 def train_mim(config: MimConfig) -> TrainResult:
     """Stage 1: masked image modelling (predict the visual tokenizer's codes of block-masked patches) plus
     masked language modelling (whole words) on unpaired ``images`` and ``texts``."""
@@ -148,7 +141,6 @@ def train_mim(config: MimConfig) -> TrainResult:
         tokenizer = get_tokenizer(config.tokenizer)
         visual = load_visual_tokenizer(config.visual_tokenizer, accelerator.device)
         musk = load_musk_for_training(config.weights, config.model, drop_path_rate=config.drop_path)
-        _freeze_unused_heads(musk)
         model = MaskedModellingModel(musk, visual.config.codebook_size)
         masks = BlockMaskGenerator.from_ratio(
             musk.config.grid_size, config.mask_ratio, min_block=config.min_block, max_block=config.max_block
