@@ -114,10 +114,14 @@ class BatchStream(IterableDataset):
 
 
 def make_loader(stream: BatchStream, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over the stream's ready-made micro-batches, in order (workers take turns)."""
+    """A DataLoader over the stream's ready-made micro-batches, in order (workers take turns).
+
+    Its own seed generator: starting the loader must not draw from the global RNG, whose state a resumed run
+    restores (drop path, dead-code restarts) and which would otherwise be shifted."""
     return DataLoader(
         stream,
         batch_size=None,
+        generator=torch.Generator().manual_seed(stream.seed),
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=2 if num_workers else None,

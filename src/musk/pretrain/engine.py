@@ -87,6 +87,8 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
     accelerator = Accelerator(cpu=config.cpu, mixed_precision=_mixed_precision(config.precision, config.cpu))
     set_seed(config.seed)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    if accelerator.distributed_type == "DEEPSPEED" and config.grad_accum > 1:
+        raise ValueError("DeepSpeed steps the optimizer inside backward: set grad_accum 1 (raise batch_size instead)")
     if not main:
         logging.getLogger("musk").setLevel(logging.WARNING)
     output_dir = Path(config.output_dir)
@@ -157,7 +159,9 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
             compute_s += time.perf_counter() - toc
         tic = time.perf_counter()
         if config.max_grad_norm:
-            sums["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm))
+            norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            if norm is not None:  # DeepSpeed clips inside its own step (gradient_clipping in its config)
+                sums["grad_norm"] = float(norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if accelerator.device.type == "cuda":

@@ -19,7 +19,7 @@ __all__ = ["export_weights", "find_checkpoint", "load_musk_for_training", "musk_
 
 logger = logging.getLogger(__name__)
 
-_MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+_MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fsdp.bin")
 _PREFIX = "musk."
 
 
