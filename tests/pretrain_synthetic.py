@@ -43,12 +43,13 @@ def motif_image(a: int, b: int, table: np.ndarray) -> Image.Image:
     return Image.fromarray(tile)
 
 
-def _pairs_of_motifs(n: int, seed: int) -> list[tuple[int, int]]:
+def _pairs_of_motifs(n: int, seed: int, single: bool = False) -> list[tuple[int, int]]:
+    """Two different motifs per tile, or one (``single``: a = b)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         a, b = rng.choice(len(MOTIF_NAMES), size=2, replace=False)
-        out.append((int(a), int(b)))
+        out.append((int(a), int(a if single else b)))
     return out
 
 
@@ -83,15 +84,18 @@ def make_corpus(path: Path, n: int, seed: int = 0, jsonl: bool = False) -> Path:
 
 
 def caption(a: int, b: int) -> str:
+    if a == b:
+        return f"a tile of {MOTIF_NAMES[a]} texture"
     return f"a tile with a checkerboard of {MOTIF_NAMES[a]} and {MOTIF_NAMES[b]} texture"
 
 
-def make_pairs(folder: Path, n: int, seed: int = 0) -> Path:
-    """``n`` tiles and ``pairs.csv`` (image, caption) in ``folder``; returns the CSV path."""
+def make_pairs(folder: Path, n: int, seed: int = 0, single: bool = False) -> Path:
+    """``n`` tiles and ``pairs.csv`` (image, caption) in ``folder``; returns the CSV path. ``single``: one
+    motif per tile (six kinds of pair: quick to align)."""
     folder.mkdir(parents=True, exist_ok=True)
     table = motifs()
     rows = []
-    for i, (a, b) in enumerate(_pairs_of_motifs(n, seed)):
+    for i, (a, b) in enumerate(_pairs_of_motifs(n, seed, single)):
         name = f"pair_{i:04d}.png"
         motif_image(a, b, table).save(folder / name)
         rows.append({"image": name, "caption": caption(a, b)})

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from musk.pretrain import load_config, read_log, train_tokenizer
+from musk.cli import main
+from musk.pretrain import read_log
 from pretrain_synthetic import make_corpus, make_images, make_pairs
 
 pytest.importorskip("accelerate")
@@ -27,9 +28,9 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist-data")
     images = make_images(root / "images", 32, seed=11)
     tokenizer = root / "vqkd"
-    config = load_config("tokenizer", "tiny", {"images": [str(images)], "output_dir": str(tokenizer), "steps": 3,
-                                              "cpu": True, "tensorboard": False})  # fmt: skip
-    train_tokenizer(config)
+    status = main(["pretrain", "tokenizer", "--recipe", "tiny", "--images", str(images), "-o", str(tokenizer),
+                   "--steps", "3", "--device", "cpu", "--set", "tensorboard=false"])  # fmt: skip
+    assert status == 0 and (tokenizer / "visual_tokenizer.safetensors").is_file()
     return {"images": images, "corpus": make_corpus(root / "corpus.jsonl", 100, seed=11, jsonl=True),
             "pairs": make_pairs(root / "pairs", 32, seed=12), "vqkd": tokenizer}  # fmt: skip
 

@@ -21,13 +21,22 @@ from pretrain_synthetic import make_corpus, make_images, make_pairs
 pytest.importorskip("accelerate")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny model gains nothing from threads; one thread keeps these runs steady on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain-data")
     return {
         "images": make_images(root / "images", 64, seed=0),
         "corpus": make_corpus(root / "corpus.txt", 300, seed=0),
-        "pairs": make_pairs(root / "pairs", 64, seed=1),
+        "pairs": make_pairs(root / "pairs", 64, seed=1, single=True),
         "root": root,
     }
 
@@ -40,7 +49,7 @@ def _mean(rows, key, sl):
 def stage0(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("stage0")
     config = load_config("tokenizer", "tiny", {"images": [str(data["images"])], "output_dir": str(out),
-                                              "steps": 30, "cpu": True, "tensorboard": False})  # fmt: skip
+                                              "steps": 16, "cpu": True, "tensorboard": False})  # fmt: skip
     train_tokenizer(config)
     return out
 
@@ -62,7 +71,7 @@ def stage2(data, stage1, tmp_path_factory, tokenizer_file):
     out = tmp_path_factory.mktemp("stage2")
     config = load_config("contrastive", "tiny", {
         "pairs": [str(data["pairs"])], "tokenizer": str(tokenizer_file), "weights": str(stage1),
-        "output_dir": str(out), "steps": 40, "cpu": True,
+        "output_dir": str(out), "steps": 30, "lr": 3e-3, "cpu": True,
     })  # fmt: skip
     train_contrastive(config)
     return out
@@ -70,8 +79,8 @@ def stage2(data, stage1, tmp_path_factory, tokenizer_file):
 
 def test_stage0_tokenizer_learns_the_teacher_features_and_uses_several_codes(stage0):
     rows = read_log(stage0)
-    assert len(rows) == 30
-    assert _mean(rows, "cosine_loss", slice(-5, None)) < 0.8 * _mean(rows, "cosine_loss", slice(0, 5))
+    assert len(rows) == 16
+    assert _mean(rows, "cosine_loss", slice(-4, None)) < 0.8 * _mean(rows, "cosine_loss", slice(0, 4))
     assert rows[-1]["codes_used"] >= 4
     tokenizer = load_visual_tokenizer(stage0)
     codes = torch.linalg.vector_norm(tokenizer.codebook.codes, dim=-1)
@@ -121,7 +130,7 @@ def test_stage1_masked_modelling_learns_images_and_text(stage0, stage1, data, to
 def test_stage2_contrastive_aligns_images_and_captions(stage2):
     rows = read_log(stage2)
     first, last = slice(0, 5), slice(-5, None)
-    assert _mean(rows, "clip_loss", last) < _mean(rows, "clip_loss", first) - 0.3
+    assert _mean(rows, "clip_loss", last) < _mean(rows, "clip_loss", first) - 0.5
     assert _mean(rows, "clip_acc", last) > 2 / 16  # in-batch chance is 1/16
     assert _mean(rows, "mlm_loss", last) < _mean(rows, "mlm_loss", first)
     for r in rows:
