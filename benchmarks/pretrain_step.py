@@ -131,7 +131,9 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also one fp32 stage-1 step of the large model")
     parser.add_argument("--estimate_only", action="store_true")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--child", nargs=5, metavar=("STAGE", "MODEL", "BATCH", "STEPS", "CKPT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=5, metavar=("STAGE", "MODEL", "BATCH", "STEPS", "CKPT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         stage, name, batch, steps, ckpt = args.child
@@ -170,8 +172,10 @@ def main() -> None:
     with torch.device("meta"):
         model = MaskedModellingModel(musk.create_model("musk_large_patch16_384"), 8192)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"\nlarge recipe, stage 1, bf16 autocast + AdamW, {params / 1e6:.0f} M trainable parameters, "
-          "2048 images + 2048 texts per step:")
+    print(
+        f"\nlarge recipe, stage 1, bf16 autocast + AdamW, {params / 1e6:.0f} M trainable parameters, "
+        "2048 images + 2048 texts per step:"
+    )
     print(f"{'GPUs':>5} {'img+txt/GPU':>12} {'ckpt':>5} {'ZeRO-2':>6} {'weights':>8} {'grads':>6} {'adam':>6} "
           f"{'activ.':>7} {'total GiB':>9}")  # fmt: skip
     for gpus in (8, 32, 64):

@@ -94,7 +94,8 @@ def test_two_processes_follow_the_single_process_losses(data, tmp_path, tokenize
     double = tmp_path / "double"
     launcher = Path(sys.executable).with_name("accelerate")
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", *_contrastive(double, data, tokenizer_file)]  # fmt: skip
+           "--mixed_precision", "no", "--dynamo_backend", "no",
+           *_contrastive(double, data, tokenizer_file)]  # fmt: skip
     env = {**ENV, "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,7 +10,9 @@ import torch
 from musk.pretrain.masking import BlockMaskGenerator, WholeWordMasker, word_start_table
 
 
-@pytest.mark.parametrize(("grid", "ratio", "min_block", "max_block"), [(24, 0.4, 16, 100), (14, 0.4, 16, None), (4, 0.4, 2, 6)])
+@pytest.mark.parametrize(
+    ("grid", "ratio", "min_block", "max_block"), [(24, 0.4, 16, 100), (14, 0.4, 16, None), (4, 0.4, 2, 6)]
+)
 def test_block_masks_have_the_requested_count_and_block_sizes(grid, ratio, min_block, max_block):
     gen = BlockMaskGenerator.from_ratio(grid, ratio, min_block=min_block, max_block=max_block)
     assert gen.num_masked == round(ratio * grid * grid)
@@ -28,7 +30,11 @@ def test_block_masks_have_the_requested_count_and_block_sizes(grid, ratio, min_b
         assert union.sum() <= gen.num_masked and (mask | union).sum() == mask.sum()  # blocks lie inside the mask
         topped_up.append(mask.sum() - union.sum())
         flat = gen(np.random.default_rng(seed))
-        assert flat.dtype == torch.bool and flat.shape == (grid * grid,) and torch.equal(flat, torch.from_numpy(mask.ravel()))
+        assert (
+            flat.dtype == torch.bool
+            and flat.shape == (grid * grid,)
+            and torch.equal(flat, torch.from_numpy(mask.ravel()))
+        )
     # single random patches only fill what no block could: on average less than one smallest block
     assert np.mean(topped_up) < min_block
 
@@ -51,7 +57,9 @@ def test_block_mask_is_a_function_of_the_seed():
     assert not torch.equal(gen(np.random.default_rng(7)), gen(np.random.default_rng(8)))
 
 
-@pytest.mark.parametrize("kwargs", [{"num_masked": 0}, {"num_masked": 17}, {"min_block": 7, "max_block": 3}, {"min_aspect": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"num_masked": 0}, {"num_masked": 17}, {"min_block": 7, "max_block": 3}, {"min_aspect": 0}]
+)
 def test_block_mask_rejects_impossible_settings(kwargs):
     with pytest.raises(ValueError):
         BlockMaskGenerator(**{"grid": 4, "num_masked": 6, "min_block": 2, **kwargs})

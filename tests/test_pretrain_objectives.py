@@ -53,7 +53,9 @@ def test_clip_loss_equals_a_hand_computation():
 def test_clip_temperature_is_capped_at_100():
     image, text = _features(1)
     capped = clip_loss(image, text, torch.tensor(math.log(1000.0)))
-    assert capped["loss"].item() == pytest.approx(_hand_clip(image.double().numpy(), text.double().numpy(), 100.0), rel=1e-5)
+    assert capped["loss"].item() == pytest.approx(
+        _hand_clip(image.double().numpy(), text.double().numpy(), 100.0), rel=1e-5
+    )
 
 
 def test_masked_token_loss_is_the_mean_over_masked_tokens():

@@ -152,8 +152,8 @@ def test_export_loads_strictly_and_gives_the_trained_embeddings(stage2, tmp_path
         torch.testing.assert_close(model.encode_image(images), trained.encode_image(images), rtol=0, atol=0)
         torch.testing.assert_close(model.encode_text(ids, padding), trained.encode_text(ids, padding), rtol=0, atol=0)
     # the trained weights differ from a random start: the export carries the training
-    assert not torch.equal(exported["beit3.encoder.layers.0.ffn.A.fc1.weight"],
-                           musk.create_model("musk_tiny_patch16_64").state_dict()["beit3.encoder.layers.0.ffn.A.fc1.weight"])  # fmt: skip
+    key = "beit3.encoder.layers.0.ffn.A.fc1.weight"
+    assert not torch.equal(exported[key], musk.create_model("musk_tiny_patch16_64").state_dict()[key])
 
 
 def test_export_refuses_a_wrong_architecture(stage2, tmp_path):

@@ -47,7 +47,7 @@ class ImageBatchMaker:
 
     def __call__(self, records: Sequence, rngs: Sequence[np.random.Generator]) -> dict:
         images = _load_all(records, open_record_image)
-        out = {"images": torch.stack([self.augment(im, rng) for im, rng in zip(images, rngs)])}
+        out = {"images": torch.stack([self.augment(im, rng) for im, rng in zip(images, rngs, strict=True)])}
         if self.mask is not None:
             out["image_mask"] = torch.stack([self.mask(rng) for rng in rngs])
         return out
@@ -83,7 +83,7 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 def _mask_rows(ids: torch.Tensor, masker: WholeWordMasker, word_start: torch.Tensor, rngs) -> tuple:
-    pairs = [masker(row, word_start, rng) for row, rng in zip(ids, rngs)]
+    pairs = [masker(row, word_start, rng) for row, rng in zip(ids, rngs, strict=True)]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
@@ -114,7 +114,7 @@ class PairBatchMaker:
 
     def __call__(self, records: Sequence, rngs: Sequence[np.random.Generator]) -> dict:
         pairs = _load_all(records, read_pair)
-        images = torch.stack([self.augment(im, rng) for (im, _), rng in zip(pairs, rngs)])
+        images = torch.stack([self.augment(im, rng) for (im, _), rng in zip(pairs, rngs, strict=True)])
         ids, padding = self.tokenizer([caption for _, caption in pairs], max_length=self.max_len)
         masked, labels = _mask_rows(ids, self.masker, self.word_start, rngs)
         return {"images": images, "text_ids": ids, "text_padding_mask": padding, "masked_ids": masked,

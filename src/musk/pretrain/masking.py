@@ -131,7 +131,7 @@ class WholeWordMasker:
         starts = word_start[ids].tolist()
         words: list[list[int]] = []
         previous_special = True
-        for i, (is_special, start) in enumerate(zip(special.tolist(), starts)):
+        for i, (is_special, start) in enumerate(zip(special.tolist(), starts, strict=True)):
             if is_special:
                 previous_special = True
                 continue
