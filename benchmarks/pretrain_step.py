@@ -22,52 +22,51 @@ import time
 GIB = 1 << 30
 
 
-def _batch(stage: str, model, n: int, codebook: int, teacher_dim: int = 192) -> dict:
+def _batch(n: int, img_size: int, codebook: int, teacher_dim: int, text_len: int) -> dict:
     import torch
 
-    c = model.config if hasattr(model, "config") and not isinstance(model.config, dict) else None
-    size, grid = (c.img_size, c.grid_size) if c is not None else (64, 4)
+    grid = img_size // 16
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, 60000, (n, 100 if size == 384 else 32), generator=g)
+    ids = torch.randint(4, 60000, (n, text_len), generator=g)
     labels = torch.full_like(ids, -100)
-    labels[:, 1:16] = ids[:, 1:16]
+    labels[:, 1 : 1 + round(0.15 * text_len)] = ids[:, 1 : 1 + round(0.15 * text_len)]
     mask = torch.zeros(n, grid * grid, dtype=torch.bool)
     mask[:, : round(0.4 * grid * grid)] = True
-    return {"images": torch.randn(n, 3, size, size, generator=g), "image_mask": mask,
+    return {"images": torch.randn(n, 3, img_size, img_size, generator=g), "image_mask": mask,
             "codes": torch.randint(0, codebook, (n, grid * grid), generator=g), "text_ids": ids,
             "text_padding_mask": torch.zeros_like(ids), "text_labels": labels, "masked_ids": ids,
             "teacher": torch.randn(n, grid * grid, teacher_dim, generator=g)}  # fmt: skip
 
 
 def _build(stage: str, name: str, grad_checkpointing: bool):
+    """The stage's trainable model and a batch maker for it (the recipe's sizes)."""
     import musk
     from musk.pretrain.models import ContrastiveModel, MaskedModellingModel
     from musk.pretrain.vqkd import VQKD, VQKDConfig
 
+    tiny = name.endswith("64")
+    text_len = 32 if tiny else 100
     if stage == "tokenizer":
-        tiny = name.endswith("64")
         cfg = VQKDConfig(img_size=64, encoder_dim=64, encoder_depth=2, encoder_heads=4, decoder_depth=1,
-                         codebook_size=64, code_dim=16, teacher_dim=192) if tiny else VQKDConfig()  # fmt: skip
-        vq = VQKD(cfg).train()
-        vq.config_for_batch = cfg
-        return vq, cfg.codebook_size, cfg.teacher_dim
+                         codebook_size=64, code_dim=16, teacher_dim=64) if tiny else VQKDConfig()  # fmt: skip
+        model = VQKD(cfg).train()
+        return model, lambda n: _batch(n, cfg.img_size, cfg.codebook_size, cfg.teacher_dim, text_len)
     backbone = musk.create_model(name).train()
     backbone.set_grad_checkpointing(grad_checkpointing)
+    size, codebook = backbone.config.img_size, 64 if tiny else 8192
     if stage == "mim":
-        return MaskedModellingModel(backbone, 8192 if "large" in name else 64), 8192 if "large" in name else 64, 0
-    return ContrastiveModel(backbone, decoder_depth=4 if "large" in name else 1), 64, 0
+        model = MaskedModellingModel(backbone, codebook)
+    else:
+        model = ContrastiveModel(backbone, decoder_depth=1 if tiny else 4)
+    return model, lambda n: _batch(n, size, codebook, 64, text_len)
 
 
 def measure(stage: str, name: str, batch: int, steps: int, grad_checkpointing: bool) -> dict:
     """Run ``steps`` optimizer steps (after one warm-up step) in this process; returns the figures."""
     import torch
 
-    model, codebook, teacher_dim = _build(stage, name, grad_checkpointing)
-    data = _batch(stage, getattr(model, "musk", model), batch, codebook, teacher_dim or 192)
-    if stage == "tokenizer":
-        data["images"] = data["images"][..., :64, :64] if name.endswith("64") else torch.randn(batch, 3, 224, 224)
-        grid = data["images"].shape[-1] // 16
-        data["teacher"] = torch.randn(batch, grid * grid, teacher_dim)
+    model, make = _build(stage, name, grad_checkpointing)
+    data = make(batch)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 

@@ -15,6 +15,7 @@ import musk
 from musk.cli import main
 from musk.pretrain import export_weights, load_config, read_log, train_contrastive, train_mim, train_tokenizer
 from musk.pretrain.export import musk_state_from_checkpoint
+from musk.pretrain.retrieval import retrieval_recall
 from musk.pretrain.vqkd import load_visual_tokenizer
 from pretrain_synthetic import make_corpus, make_images, make_pairs
 
@@ -37,6 +38,7 @@ def data(tmp_path_factory):
         "images": make_images(root / "images", 64, seed=0),
         "corpus": make_corpus(root / "corpus.txt", 300, seed=0),
         "pairs": make_pairs(root / "pairs", 64, seed=1, single=True),
+        "held_out": make_pairs(root / "held_out", 24, seed=9, single=True),
         "root": root,
     }
 
@@ -70,7 +72,8 @@ def stage1(data, stage0, tmp_path_factory, tokenizer_file):
 def stage2(data, stage1, tmp_path_factory, tokenizer_file):
     out = tmp_path_factory.mktemp("stage2")
     config = load_config("contrastive", "tiny", {
-        "pairs": [str(data["pairs"])], "tokenizer": str(tokenizer_file), "weights": str(stage1),
+        "pairs": [str(data["pairs"])], "eval_pairs": [str(data["held_out"])], "tokenizer": str(tokenizer_file),
+        "weights": str(stage1),
         "output_dir": str(out), "steps": 30, "lr": 3e-3, "cpu": True,
     })  # fmt: skip
     train_contrastive(config)
@@ -160,3 +163,35 @@ def test_export_refuses_a_wrong_architecture(stage2, tmp_path):
     with pytest.raises(musk.CheckpointMismatchError, match="does not fit musk_large_patch16_384"):
         export_weights(stage2, tmp_path / "x.safetensors", model="musk_large_patch16_384")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_retrieval_recall_equals_a_hand_count():
+    g = torch.Generator().manual_seed(0)
+    image, text = torch.randn(30, 8, generator=g), torch.randn(30, 8, generator=g)
+    text[:10] = image[:10] * 3  # ten easy pairs
+    out = retrieval_recall(image, text, ks=(1, 5))
+    sims = (image @ text.T).numpy()
+    for k in (1, 5):
+        i2t = np.mean([sum(sims[i, j] > sims[i, i] for j in range(30)) < k for i in range(30)])
+        t2i = np.mean([sum(sims[j, i] > sims[i, i] for j in range(30)) < k for i in range(30)])
+        assert out[f"image_to_text_R@{k}"] == pytest.approx(i2t)
+        assert out[f"text_to_image_R@{k}"] == pytest.approx(t2i)
+    assert out["image_to_text_R@5"] >= out["image_to_text_R@1"] > 0.2  # the easy pairs are found
+
+
+def test_stage2_scores_held_out_retrieval_at_each_checkpoint(stage2, data, tokenizer_file):
+    import csv
+
+    from musk.pretrain.data import pair_source
+    from musk.pretrain.retrieval import RetrievalEvaluator
+
+    rows = list(csv.DictReader(open(stage2 / "eval.csv")))
+    assert [int(r["step"]) for r in rows] == [20, 30]  # save_every 20, and the end
+    # the last row is the final model's retrieval, recomputed here from its checkpoint
+    model = musk.create_model("musk_tiny_patch16_64")
+    model.load_state_dict(musk_state_from_checkpoint(stage2), strict=True)
+    tok = musk.get_tokenizer(tokenizer_file)
+    again = RetrievalEvaluator(pair_source(data["held_out"]), tok, 64, max_len=32)(model)
+    for key, value in again.items():
+        assert float(rows[-1][key]) == pytest.approx(value, abs=1e-6)
+    assert float(rows[-1]["image_to_text_R@1"]) > 1 / 6  # six kinds of caption: chance for a distinct match

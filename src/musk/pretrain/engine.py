@@ -4,6 +4,7 @@ activation checkpointing, checkpoints every ``save_every`` steps and exact resum
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import time
@@ -34,7 +35,8 @@ class StageSetup:
 
     ``streams(positions, rank, world)`` builds this process's batch streams (by name) from their positions;
     each step merges one micro-batch of every stream. ``prepare`` adds on-device inputs (visual tokenizer
-    codes). ``model(batch)`` returns the loss and metrics.
+    codes). ``model(batch)`` returns the loss and metrics. ``evaluate(musk)`` (optional) scores the MUSK
+    model at every checkpoint, on the main process; the scores go to ``eval.csv`` and ``trainer_state.json``.
     """
 
     model: nn.Module
@@ -43,6 +45,7 @@ class StageSetup:
     samples_per_epoch: int | None = None
     prepare: Callable[[dict], dict] | None = None
     extra_provenance: dict = field(default_factory=dict)
+    evaluate: Callable[[nn.Module], dict] | None = None
 
 
 @dataclass
@@ -73,6 +76,26 @@ def _total_steps(config: RunConfig, setup: StageSetup) -> int:
 
 def _warmup_steps(config: RunConfig, total: int) -> int:
     return int(config.warmup * total) if config.warmup < 1 else int(config.warmup)
+
+
+def _evaluate(accelerator, model, evaluate, output_dir: Path, step: int) -> dict | None:
+    """Main process only (DDP and single-process runs: the whole model is on every process)."""
+    scores = None
+    if accelerator.is_main_process:
+        scores = evaluate(accelerator.unwrap_model(model).musk)
+        logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        _append_csv(output_dir / "eval.csv", {"step": step, **scores})
+    accelerator.wait_for_everyone()
+    return scores
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -172,6 +195,8 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
         log.step(done, metrics, data_s, compute_s, setup.samples_per_step // world, done % config.log_every == 0)
         if done % config.save_every == 0 or done == total:
             state = {"positions": {k: p.state_dict() for k, p in positions.items()}, "metrics": metrics}
+            if setup.evaluate is not None:
+                state["evaluation"] = _evaluate(accelerator, model, setup.evaluate, output_dir, done)
             final = save_checkpoint(accelerator, output_dir / "checkpoints", done, state, config.keep_checkpoints)
     log.close()
     accelerator.end_training()

@@ -25,6 +25,7 @@ from .engine import StageSetup, TrainResult, train_stage
 from .export import load_musk_for_training
 from .masking import BlockMaskGenerator, WholeWordMasker, word_start_table
 from .models import ContrastiveModel, MaskedModellingModel
+from .retrieval import RetrievalEvaluator
 from .vqkd import VQKD, VQKDConfig, load_visual_tokenizer, save_visual_tokenizer
 
 __all__ = ["build_teacher", "train_contrastive", "train_mim", "train_tokenizer"]
@@ -192,6 +193,11 @@ def train_contrastive(config: ContrastiveConfig) -> TrainResult:
             return {"pairs": _stream(config, pairs, maker, config.batch_size, _PAIRS, positions, rank, world,
                                      name="pairs")}  # fmt: skip
 
-        return StageSetup(model, streams, config.batch_size, _sized(pairs))
+        evaluate = None
+        if config.eval_pairs:
+            held_out = pair_source(config.eval_pairs, config.shuffle_buffer, image_key=config.image_key,
+                                   caption_key=config.caption_key)  # fmt: skip
+            evaluate = RetrievalEvaluator(held_out, tokenizer, musk.config.img_size, config.max_len)
+        return StageSetup(model, streams, config.batch_size, _sized(pairs), evaluate=evaluate)
 
     return train_stage(config, build, "contrastive")
