@@ -182,3 +182,26 @@ def test_pretraining_models_back_propagate_into_every_trained_parameter():
     frozen = {n for n, p in stage1.named_parameters() if not p.requires_grad}
     assert frozen == {"musk.vision_head.weight", "musk.language_head.weight", "musk.logit_scale"}
     assert {n for n, p in stage2.named_parameters() if not p.requires_grad} == {"musk.beit3.vision_embed.mask_token"}
+
+
+def test_layer_decay_groups_and_the_schedule():
+    from musk.pretrain.optim import lr_factor, param_groups
+
+    model = ContrastiveModel(_tiny(), decoder_depth=1)
+    groups = param_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+
+    def lr(name):
+        return lr_of[id(named[name])]
+
+    assert lr("musk.beit3.text_embed.weight") == (0.5**3, 0.05)  # embeddings: depth 2 + 1 halvings
+    assert lr("musk.beit3.encoder.embed_positions.A.weight") == (0.5**3, 0.0)  # positions: no weight decay
+    assert lr("musk.beit3.encoder.layers.0.self_attn.q_proj.A.weight") == (0.25, 0.05)
+    assert lr("musk.beit3.encoder.layers.1.ffn.B.fc1.bias") == (0.5, 0.0)
+    assert lr("decoder.blocks.0.ffn.0.weight") == (1.0, 0.05) and lr("musk.logit_scale") == (1.0, 0.0)
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    # warm-up rises linearly, then a cosine falls to the floor
+    assert [round(lr_factor(s, 3, 13, 0.1), 4) for s in (0, 1, 2)] == [0.25, 0.5, 0.75]
+    assert lr_factor(3, 3, 13, 0.1) == 1.0 and lr_factor(8, 3, 13, 0.1) == pytest.approx(0.55)
+    assert lr_factor(13, 3, 13, 0.1) == pytest.approx(0.1)

@@ -28,14 +28,15 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: 
     ``lr * layer_decay ** (depth + 1 - layer)``; no weight decay for 1-d tensors, tokens, positions, temperature."""
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-    depth = model.musk.config.depth if hasattr(model, "musk") else 0
+    # parameters outside a MUSK (the visual tokenizer) all sit at the top: no decay across layers
+    depth = model.musk.config.depth if hasattr(model, "musk") else -1
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        layer = _layer(name, depth) if hasattr(model, "musk") else 0
+        layer = _layer(name, depth) if depth >= 0 else 0
         decay = param.ndim > 1 and not any(key in name for key in _NO_DECAY)
-        scale = layer_decay ** (depth + 1 - layer) if hasattr(model, "musk") else 1.0
+        scale = layer_decay ** (depth + 1 - layer)
         group = groups.setdefault(
             (layer, decay),
             {
