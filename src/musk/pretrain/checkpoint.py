@@ -1,0 +1,70 @@
+"""Training checkpoints: accelerate's state (model, optimizer, scaler, every process's RNG) plus the
+trainer's own (step, data positions), written into a temporary folder renamed into place when complete."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+__all__ = ["TRAINER_STATE", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+_NAME = re.compile(r"^step_(\d+)$")
+
+
+def _complete(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _NAME.match(path.name)
+        if match and (path / TRAINER_STATE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder under ``root`` (half-written ones are never named ``step_*``)."""
+    found = _complete(Path(root))
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict, keep: int = 2) -> Path:
+    """Save on every process (collective), rename into ``root/step_<step>`` and keep the newest ``keep``."""
+    root = Path(root)
+    final, tmp = root / f"step_{step:08d}", root / f".step_{step:08d}.partial"
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if main:
+        (tmp / TRAINER_STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in _complete(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("checkpoint at step %d: %s", step, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, directory: str | os.PathLike) -> dict:
+    """Restore accelerate's state from ``directory``; returns the trainer state saved with it."""
+    directory = Path(directory)
+    state_file = directory / TRAINER_STATE
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{directory} is not a complete checkpoint: it has no {TRAINER_STATE}")
+    accelerator.load_state(str(directory))
+    state = json.loads(state_file.read_text())
+    logger.info("resumed from %s (step %d)", directory, state["step"])
+    return state

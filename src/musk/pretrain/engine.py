@@ -1,0 +1,203 @@
+"""The training loop every stage shares, on accelerate: one CPU process, one GPU, or many processes
+(DDP, FSDP, DeepSpeed through ``accelerate launch``), with mixed precision, gradient accumulation,
+activation checkpointing, checkpoints every ``save_every`` steps and exact resume."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from ..outputs import provenance, write_json
+from .batching import BatchStream, StreamPosition, make_loader
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import RunConfig, config_dict
+from .logs import RunLog
+from .optim import lr_factor, param_groups, set_lr
+
+__all__ = ["StageSetup", "TrainResult", "train_stage"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSetup:
+    """What a stage hands the loop.
+
+    ``streams(positions, rank, world)`` builds this process's batch streams (by name) from their positions;
+    each step merges one micro-batch of every stream. ``prepare`` adds on-device inputs (visual tokenizer
+    codes). ``model(batch)`` returns the loss and metrics. ``evaluate(musk)`` (optional) scores the MUSK
+    model at every checkpoint, on the main process; the scores go to ``eval.csv`` and ``trainer_state.json``.
+    """
+
+    model: nn.Module
+    streams: Callable[[dict[str, StreamPosition], int, int], dict[str, BatchStream]]
+    samples_per_step: int
+    samples_per_epoch: int | None = None
+    prepare: Callable[[dict], dict] | None = None
+    extra_provenance: dict = field(default_factory=dict)
+    evaluate: Callable[[nn.Module], dict] | None = None
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    checkpoint: Path
+    last_metrics: dict
+
+
+def _mixed_precision(precision: str, cpu: bool) -> str:
+    if precision == "fp32":
+        return "no"
+    if precision != "auto":
+        return precision
+    if cpu or not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _total_steps(config: RunConfig, setup: StageSetup) -> int:
+    if config.steps is not None:
+        return config.steps
+    if not setup.samples_per_epoch:
+        raise ValueError("this data is a stream of unknown length: set steps instead of epochs")
+    return max(1, math.floor(config.epochs * (setup.samples_per_epoch // setup.samples_per_step)))
+
+
+def _warmup_steps(config: RunConfig, total: int) -> int:
+    return int(config.warmup * total) if config.warmup < 1 else int(config.warmup)
+
+
+def _evaluate(accelerator, model, evaluate, output_dir: Path, step: int) -> dict | None:
+    """Main process only (DDP and single-process runs: the whole model is on every process)."""
+    scores = None
+    if accelerator.is_main_process:
+        scores = evaluate(accelerator.unwrap_model(model).musk)
+        logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        _append_csv(output_dir / "eval.csv", {"step": step, **scores})
+    accelerator.wait_for_everyone()
+    return scores
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage: str) -> TrainResult:
+    """Run (or resume) one pretraining stage: ``build(accelerator)`` gives its model and data."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(cpu=config.cpu, mixed_precision=_mixed_precision(config.precision, config.cpu))
+    set_seed(config.seed)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    if accelerator.distributed_type == "DEEPSPEED" and config.grad_accum > 1:
+        raise ValueError("DeepSpeed steps the optimizer inside backward: set grad_accum 1 (raise batch_size instead)")
+    if not main:
+        logging.getLogger("musk").setLevel(logging.WARNING)
+    output_dir = Path(config.output_dir)
+    setup = build(accelerator)
+    model = setup.model
+    if config.grad_checkpointing and hasattr(model, "musk"):
+        model.musk.set_grad_checkpointing(True)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, config.lr, config.weight_decay, config.layer_decay),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    start, positions = 0, {}
+    checkpoint = latest_checkpoint(output_dir / "checkpoints") if config.resume == "auto" else None
+    if config.resume not in ("auto", "never"):
+        checkpoint = Path(config.resume)
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint)
+        start = state["step"]
+        positions = {k: StreamPosition(**v) for k, v in state["positions"].items()}
+    total = _total_steps(config, setup)
+    warmup = _warmup_steps(config, total)
+    streams = setup.streams(positions, rank, world)
+    positions = {name: StreamPosition(s.start.epoch, s.start.batch) for name, s in streams.items()}
+    loaders = {name: iter(make_loader(s, config.num_workers)) for name, s in streams.items()}
+
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_dict(config), sort_keys=False))
+        record = provenance({"stage": stage, **config_dict(config)})
+        record.update(processes=world, mixed_precision=accelerator.mixed_precision, **setup.extra_provenance)
+        write_json(output_dir / "provenance.json", record)
+    logger.info(
+        "%s: steps %d..%d of %d (%d warm-up), %d samples per step, %d process(es), precision %s",
+        stage, start + 1, total, total, warmup, setup.samples_per_step, world, accelerator.mixed_precision,
+    )  # fmt: skip
+    log = RunLog(output_dir, start, total, enabled=main, progress=config.progress, tensorboard=config.tensorboard)
+    metrics: dict = {}
+    model.train()
+    final = checkpoint
+    for step in range(start, total):
+        lr = set_lr(optimizer, lr_factor(step, warmup, total, config.min_lr / config.lr))
+        sums: dict[str, float] = {}
+        data_s = compute_s = 0.0
+        for m in range(config.grad_accum):
+            tic = time.perf_counter()
+            batch: dict = {}
+            for name, loader in loaders.items():
+                part = next(loader)
+                epoch, index, _ = part.pop("position").tolist()
+                positions[name] = StreamPosition(epoch, index + 1)
+                batch.update(part)
+            batch = _to_device(batch, accelerator.device)
+            toc = time.perf_counter()
+            if setup.prepare is not None:
+                batch = setup.prepare(batch)
+            sync = nullcontext() if m == config.grad_accum - 1 else accelerator.no_sync(model)
+            with sync:
+                out = model(batch)
+                accelerator.backward(out["loss"] / config.grad_accum)
+            for key, value in out.items():
+                name = "loss" if key == "total_loss" else key  # the all-process value of the loss
+                if key != "loss":
+                    sums[name] = sums.get(name, 0.0) + value / config.grad_accum
+            data_s += toc - tic
+            compute_s += time.perf_counter() - toc
+        tic = time.perf_counter()
+        if config.max_grad_norm:
+            norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            if norm is not None:  # DeepSpeed clips inside its own step (gradient_clipping in its config)
+                sums["grad_norm"] = float(norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        compute_s += time.perf_counter() - tic
+        metrics = {**sums, "lr": lr}
+        done = step + 1
+        log.step(done, metrics, data_s, compute_s, setup.samples_per_step // world, done % config.log_every == 0)
+        if done % config.save_every == 0 or done == total:
+            state = {"positions": {k: p.state_dict() for k, p in positions.items()}, "metrics": metrics}
+            if setup.evaluate is not None:
+                state["evaluation"] = _evaluate(accelerator, model, setup.evaluate, output_dir, done)
+            final = save_checkpoint(accelerator, output_dir / "checkpoints", done, state, config.keep_checkpoints)
+    log.close()
+    accelerator.end_training()
+    return TrainResult(output_dir, total, final, metrics)

@@ -1,0 +1,101 @@
+"""From a training run to the published key layout: the MUSK weights of a checkpoint, heads and decoder
+dropped, as one safetensors file that ``musk.create_model(name, pretrained=path)`` loads strictly."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from ..models import MUSK, CheckpointMismatchError, create_model
+from ..outputs import atomic_path, provenance, write_json
+from .checkpoint import TRAINER_STATE, latest_checkpoint
+
+__all__ = ["export_weights", "find_checkpoint", "load_musk_for_training", "musk_state_from_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fsdp.bin")
+_PREFIX = "musk."
+
+
+def find_checkpoint(source: str | os.PathLike) -> Path:
+    """A checkpoint folder: ``source`` itself, or the newest one of a run's output folder."""
+    source = Path(source)
+    if any((source / name).is_file() for name in _MODEL_FILES):
+        return source
+    found = latest_checkpoint(source / "checkpoints")
+    if found is None:
+        raise FileNotFoundError(
+            f"{source} is neither a checkpoint folder (with {' or '.join(_MODEL_FILES)}) nor a run output folder "
+            f"with checkpoints/step_*; FSDP/DeepSpeed shards: merge them first (`accelerate merge-weights`)"
+        )
+    return found
+
+
+def musk_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The ``musk.*`` tensors of a training checkpoint, renamed to the published keys."""
+    checkpoint = find_checkpoint(checkpoint)
+    path = next(checkpoint / n for n in _MODEL_FILES if (checkpoint / n).is_file())
+    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+    musk = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
+    if not musk:
+        raise CheckpointMismatchError(f"{path} holds no MUSK weights (no keys starting with {_PREFIX!r})")
+    return musk
+
+
+def _architecture(checkpoint: Path) -> str | None:
+    for folder in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
+        config = folder / "config.yaml"
+        if config.is_file():
+            return yaml.safe_load(config.read_text()).get("model")
+    return None
+
+
+def export_weights(
+    source: str | os.PathLike, output: str | os.PathLike, model: str | None = None, dtype: torch.dtype | None = None
+) -> Path:
+    """Write the MUSK weights of ``source`` (a run's output folder or one checkpoint) to ``output``
+    (a ``.safetensors`` file, written atomically, with ``<output>.json`` provenance beside it).
+
+    ``model``: the architecture (default: the run's ``config.yaml``); the keys are checked against it.
+    """
+    checkpoint = find_checkpoint(source)
+    model = model or _architecture(checkpoint)
+    if model is None:
+        raise ValueError(f"cannot tell the architecture of {checkpoint}: pass model=")
+    state = musk_state_from_checkpoint(checkpoint)
+    with torch.device("meta"):
+        reference = create_model(model)
+    expected = reference.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointMismatchError(
+            f"{checkpoint} does not fit {model}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {wrong[:5]}; pass the run's architecture as model="
+        )
+    state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    output = Path(output)
+    with atomic_path(output) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "architecture": model})
+    write_json(output.with_name(output.name + ".json"), {**provenance({"source": str(checkpoint), "model": model},
+               output), "parameters": sum(v.numel() for v in state.values())})  # fmt: skip
+    logger.info("exported %d tensors of %s from %s to %s", len(state), model, checkpoint, output)
+    return output
+
+
+def load_musk_for_training(weights: str | os.PathLike | None, model: str, **kwargs) -> MUSK:
+    """A MUSK in train mode: random (None), from a training run or checkpoint folder (stage 1 -> stage 2),
+    or from published-layout weights (any source ``create_model`` takes)."""
+    if weights is not None and Path(weights).is_dir():
+        folder = Path(weights)
+        if (folder / "checkpoints").is_dir() or (folder / TRAINER_STATE).is_file():
+            musk = create_model(model, **kwargs)
+            musk.load_state_dict(musk_state_from_checkpoint(folder), strict=True)
+            return musk.train()
+    return create_model(model, pretrained=weights, **kwargs).train()
