@@ -34,10 +34,10 @@ class FitOptions:
     cases with those weights, ``none``. ``patience``: epochs without a lower validation loss before stopping.
     """
 
-    epochs: int = 30
-    patience: int = 5
-    batch_size: int = 8
-    lr: float = 2e-4
+    epochs: int = 40
+    patience: int = 10
+    batch_size: int = 4
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     balance: str = "weights"
     survival_loss: str = "nll"

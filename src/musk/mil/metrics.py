@@ -13,7 +13,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["CLASSIFICATION_METRICS", "SURVIVAL_METRICS", "classification_metrics", "summarize", "survival_metrics"]
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "SURVIVAL_METRICS",
+    "classification_metrics",
+    "summarize",
+    "survival_metrics",
+    "td_auc_times",
+    "uno_tau",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +68,9 @@ def survival_metrics(
     """Metrics of ``risks`` (higher = earlier event) on the evaluated cases.
 
     The training cases' ``train_times`` / ``train_events`` give the censoring distribution for Uno's c-index
-    and the time-dependent AUC (default: the evaluated cases' own). The AUC is averaged over the 25th, 50th
-    and 75th percentiles of the observed event times that lie inside both follow-up ranges.
+    (truncated at :func:`uno_tau`) and the time-dependent AUC (default: the evaluated cases' own). The AUC is
+    averaged over the 25th, 50th and 75th percentiles of the observed event times before that truncation time
+    (:func:`td_auc_times`).
     """
     from sksurv.metrics import concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc
 
@@ -77,27 +86,39 @@ def survival_metrics(
         return dict.fromkeys(SURVIVAL_METRICS, math.nan)
     harrell = concordance_index_censored(events, times, risks)[0]
 
-    uno = math.nan
-    for tau in (None, float(np.quantile(np.asarray(train_times, dtype=np.float64), 0.9))):
-        try:
-            uno = concordance_index_ipcw(train, test, risks, tau=tau)[0]
-            break
-        except ValueError as e:
-            logger.debug("Uno's c-index with tau=%s failed: %s", tau, e)
-    if math.isnan(uno):
-        logger.warning("Uno's c-index could not be computed (censoring distribution reaches zero)")
+    tau = uno_tau(train_times)
+    try:
+        uno = concordance_index_ipcw(train, test, risks, tau=tau)[0]
+    except ValueError as e:
+        logger.warning("Uno's c-index could not be computed: %s", e)
+        uno = math.nan
 
     td_auc = math.nan
-    limit = min(times.max(), float(np.max(train_times)))
-    observed = times[events & (times >= times.min()) & (times < limit)]
-    if len(observed):
-        grid = np.unique(np.quantile(observed, [0.25, 0.5, 0.75]))
-        grid = grid[(grid >= times.min()) & (grid < limit)]
-        try:
-            td_auc = cumulative_dynamic_auc(train, test, risks, grid)[1] if len(grid) else math.nan
-        except ValueError as e:
-            logger.warning("time-dependent AUC could not be computed: %s", e)
+    grid = td_auc_times(times, events, tau)
+    try:
+        td_auc = cumulative_dynamic_auc(train, test, risks, grid)[1] if len(grid) else math.nan
+    except ValueError as e:
+        logger.warning("time-dependent AUC could not be computed: %s", e)
     return {"c_index": float(harrell), "c_index_uno": float(uno), "td_auc": float(td_auc)}
+
+
+def uno_tau(train_times: Sequence[float]) -> float:
+    """Truncation time of Uno's c-index: the 90th percentile of the training follow-up times, where the
+    censoring distribution is still estimated from enough cases (untruncated, a few late events with tiny
+    censoring weights can dominate the estimate)."""
+    return float(np.quantile(np.asarray(train_times, dtype=np.float64), 0.9))
+
+
+def td_auc_times(times: Sequence[float], events: Sequence[int], tau: float) -> np.ndarray:
+    """The time-dependent AUC's evaluation times: quartiles of the observed event times inside the follow-up
+    (at least the first time, before the last time and before ``tau``)."""
+    times = np.asarray(times, dtype=np.float64)
+    limit = min(times.max(), tau)
+    observed = times[np.asarray(events).astype(bool) & (times < limit)]
+    if not len(observed):
+        return observed
+    grid = np.unique(np.quantile(observed, [0.25, 0.5, 0.75]))
+    return grid[(grid >= times.min()) & (grid < limit)]
 
 
 def summarize(per_fold: Sequence[dict[str, float]], names: Sequence[str]) -> dict[str, dict]:

@@ -74,10 +74,10 @@ class MILTrainConfig:
     n_bins: int = 4
     folds: int = 5
     val_fraction: float = 0.2
-    epochs: int = 30
-    patience: int = 5
-    batch_size: int = 8
-    lr: float = 2e-4
+    epochs: int = 40
+    patience: int = 10
+    batch_size: int = 4
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     hidden: int = 256
     dropout: float = 0.25
