@@ -100,9 +100,15 @@ def classification_cohort(
 
 
 def survival_cohort(
-    root: Path, n_cases: int = 120, dim: int = 16, patches: tuple[int, int] = (30, 60), seed: int = 0
+    root: Path,
+    n_cases: int = 120,
+    dim: int = 16,
+    patches: tuple[int, int] = (30, 60),
+    seed: int = 0,
+    reports: bool = False,
 ) -> tuple[Path, Path, np.ndarray]:
-    """Cases with latent risk r ~ N(0, 1) carried by the patches; returns (manifest, features_dir, r)."""
+    """Cases with latent risk r ~ N(0, 1) carried by the patches; returns (manifest, features_dir, r).
+    ``reports`` adds a report column naming the grade (high when r > 0)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     features_dir = root / "features"
@@ -121,7 +127,8 @@ def survival_cohort(
         x[carrying] += 2.0 * risk[c] * direction
         slide_id = f"slide{c:03d}"
         _write_slide(features_dir, slide_id, x.astype(np.float32), carrying)
-        rows.append(
-            {"slide_id": slide_id, "case_id": f"case{c:03d}", "time": round(float(time[c]), 4), "event": event[c]}
-        )
+        row = {"slide_id": slide_id, "case_id": f"case{c:03d}", "time": round(float(time[c]), 4), "event": event[c]}
+        if reports:
+            row["report"] = f"{'high' if risk[c] > 0 else 'low'} grade tumour, margins clear."
+        rows.append(row)
     return _write_manifest(root / "manifest.csv", rows), features_dir, risk

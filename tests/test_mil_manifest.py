@@ -37,7 +37,9 @@ def test_slides_of_a_case_are_pooled_and_labels_sorted(tmp_path):
 
 
 def test_numeric_labels_sort_numerically_and_censorship_is_inverted(tmp_path):
-    cohort = load_manifest(_write(tmp_path / "m.csv", "slide_id,case_id,label\na,1,10\nb,2,9\nc,3,10\n"), "classification")
+    cohort = load_manifest(
+        _write(tmp_path / "m.csv", "slide_id,case_id,label\na,1,10\nb,2,9\nc,3,10\n"), "classification"
+    )
     assert cohort.classes == ["9", "10"]
     text = "slide_id,case_id,time,censorship\na,1,5.0,1\nb,2,3.5,0\n"
     surv = load_manifest(_write(tmp_path / "s.csv", text), "survival")
@@ -102,7 +104,9 @@ def test_folds_are_patient_level_and_stratified(tmp_path):
 def test_cli_reports_bad_manifest_rows(tmp_path, capsys):
     _features(tmp_path, "s1")
     manifest = _write(tmp_path / "m.csv", "slide_id,case_id,label\ns1,A,x\ns2,B,y\n")
-    status = main(["mil", "train", "--manifest", str(manifest), "--features_dir", str(tmp_path), "-o", str(tmp_path / "o")])
+    status = main(
+        ["mil", "train", "--manifest", str(manifest), "--features_dir", str(tmp_path), "-o", str(tmp_path / "o")]
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert "musk mil: error:" in err and "1 row(s) have no feature file: line 3:" in err and "s2.h5" in err

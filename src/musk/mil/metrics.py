@@ -95,8 +95,10 @@ def survival_metrics(
 
     td_auc = math.nan
     grid = td_auc_times(times, events, tau)
+    # Censored at tau: the AUC at times before tau is unchanged, and no weight is needed past the training follow-up.
+    truncated = _structured(np.minimum(times, tau), events & (times <= tau))
     try:
-        td_auc = cumulative_dynamic_auc(train, test, risks, grid)[1] if len(grid) else math.nan
+        td_auc = cumulative_dynamic_auc(train, truncated, risks, grid)[1] if len(grid) else math.nan
     except ValueError as e:
         logger.warning("time-dependent AUC could not be computed: %s", e)
     return {"c_index": float(harrell), "c_index_uno": float(uno), "td_auc": float(td_auc)}
