@@ -145,3 +145,34 @@ def test_fusion_uses_the_report_signal(tmp_path):
         aurocs[fusion] = train_mil(config).results["auroc"]["mean"]
     assert aurocs["none"] < 0.75, aurocs
     assert min(aurocs["concat"], aurocs["gated"], aurocs["text_only"]) > 0.9, aurocs
+
+
+def test_multiclass_with_imbalanced_classes_and_balanced_sampling(tmp_path):
+    """Three classes (24/12/9 cases), each moving a tenth of its patches its own way; drawn class-balanced."""
+    from sklearn.metrics import roc_auc_score
+
+    from musk.wsi.h5 import write_patch_file
+
+    rng = np.random.default_rng(6)
+    labels = np.repeat([0, 1, 2], [24, 12, 9])
+    rows = ["slide_id,case_id,label"]
+    for c, label in enumerate(labels):
+        x = rng.normal(size=(40, 8)).astype(np.float32)
+        x[:4, label] += 4.0
+        write_patch_file(tmp_path / f"s{c}.h5", np.zeros((40, 2)), {"features": x}, {"patch_size_level0": 256})
+        rows.append(f"s{c},c{c},{['lung', 'breast', 'colon'][label]}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    config = MILTrainConfig(
+        manifest=str(tmp_path / "m.csv"),
+        features_dir=str(tmp_path),
+        output_dir=str(tmp_path / "run"),
+        balance="sampler",
+        **FAST,
+    )
+    result = train_mil(config)
+    predictions = pd.read_csv(result.predictions)
+    assert list(predictions.columns[-3:]) == ["prob_breast", "prob_colon", "prob_lung"]
+    truth = predictions.label.map({"breast": 0, "colon": 1, "lung": 2})
+    probs = predictions[["prob_breast", "prob_colon", "prob_lung"]].to_numpy()
+    assert roc_auc_score(truth, probs, multi_class="ovr") > 0.9
+    assert result.results["balanced_acc"]["mean"] > 0.8

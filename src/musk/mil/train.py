@@ -220,7 +220,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         config.report_embeddings,
         encoder,
         config.classes,
-        config.cache_bags,
+        config.cache_bags and config.num_workers == 0,  # loader workers would each keep their own copy
     )
     cohort, dataset = inputs.cohort, inputs.dataset
     logger.info("%d cases, %d slides, task %s", len(cohort), sum(len(c.slide_ids) for c in cohort.cases), cohort.task)
