@@ -191,28 +191,17 @@ def predict_outputs(
     indices: Sequence[int] | None = None,
     batch_size: int = 8,
     num_workers: int = 0,
-    with_weights: bool = False,
-) -> np.ndarray | tuple[np.ndarray, list[np.ndarray | None]]:
-    """Raw head outputs (n, out_dim) for the cases at ``indices`` (default: all), and optionally each case's
-    per-patch weights."""
+) -> np.ndarray:
+    """Raw head outputs (n, out_dim) for the cases at ``indices`` (default: all)."""
     was_training = model.training
     model.eval()
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     loader = DataLoader(
         Subset(dataset, indices), batch_size=batch_size, collate_fn=collate_bags, num_workers=num_workers
     )
-    device = _device(model)
-    outputs, weights = [], []
-    for batch in loader:
-        for item in batch:
-            features = None if item["features"] is None else item["features"].to(device)
-            text = None if item["text"] is None else item["text"].to(device)
-            out, w = model(features, text)
-            outputs.append(out.float().cpu().numpy())
-            weights.append(None if w is None else w.float().cpu().numpy())
+    outputs = [_forward(model, batch).cpu().numpy() for batch in loader]
     model.train(was_training)
-    outputs = np.stack(outputs) if outputs else np.zeros((0, model.head.out_features), np.float32)
-    return (outputs, weights) if with_weights else outputs
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.head.out_features), np.float32)
 
 
 def outputs_to_predictions(outputs: np.ndarray, task: str, survival_loss: str = "nll") -> np.ndarray:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..models.factory import DEFAULT_MODEL
 from .data import BagDataset, bag_feature_dim
@@ -50,10 +51,12 @@ def _report_embeddings(cohort: Cohort, encoder: TextEncoderSpec) -> np.ndarray:
             f"{cohort.source}: {len(absent)} case(s) have no report text: {', '.join(absent[:20])}; add a 'report' "
             "column, pass --reports DIR with <case_id>.txt files, or train without fusion (--fusion none)"
         )
-    if encoder.weights is None:
-        logger.warning("embedding reports with a randomly initialised text encoder (no weights given)")
     tokenizer = get_tokenizer(encoder.tokenizer, cache_dir=encoder.cache_dir)
-    model = create_model(encoder.model, pretrained=encoder.weights, device=encoder.device, cache_dir=encoder.cache_dir)
+    with torch.random.fork_rng(devices=[]):
+        if encoder.weights is None:  # the same random encoder every time, so predictions match training
+            logger.warning("embedding reports with a randomly initialised text encoder (no weights given)")
+            torch.manual_seed(0)
+        model = create_model(encoder.model, encoder.weights, device=encoder.device, cache_dir=encoder.cache_dir)
     logger.info("embedding %d reports with %s", len(cohort), encoder.model)
     return embed_reports([c.report for c in cohort.cases], model, tokenizer, encoder.max_tokens)
 

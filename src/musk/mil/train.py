@@ -204,8 +204,6 @@ def _reuse_fold(fold_dir: Path, run_key: str) -> dict | None:
 
 def train_mil(config: MILTrainConfig) -> MILTrainResult:
     """Cross-validate ``config`` on its manifest; writes the output folder described in this module."""
-    from ..cli.common import seed_everything
-
     if config.manifest is None:
         raise ValueError("no manifest given")
     output_dir = Path(config.output_dir)
@@ -251,7 +249,8 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
             histories.append(reused["history"])
             continue
         fit, val = validation_split(cohort, train, config.val_fraction, config.seed + k)
-        seed_everything(config.seed + k)
+        np.random.seed(config.seed + k)
+        torch.manual_seed(config.seed + k)
         options.seed = config.seed + k
         bin_edges = None
         if cohort.task == "classification":
