@@ -1,0 +1,77 @@
+"""Training objectives and what the model's outputs mean: classes, discrete-time hazards, Cox log-risk.
+
+Survival outputs are turned into one risk score per case (higher = earlier event), the input of the c-index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "SURVIVAL_LOSSES",
+    "cox_partial_nll",
+    "discrete_time_nll",
+    "event_time_bins",
+    "hazards_to_risk",
+    "survival_curve",
+]
+
+SURVIVAL_LOSSES = ("nll", "cox")
+
+
+def event_time_bins(times: np.ndarray, events: np.ndarray, n_bins: int) -> np.ndarray:
+    """Inner bin edges (``n_bins - 1`` of them) at quantiles of the observed event times.
+
+    Bin ``k`` holds times in ``[edges[k-1], edges[k])``; the first bin starts at 0, the last is open.
+    """
+    observed = np.asarray(times, dtype=np.float64)[np.asarray(events) == 1]
+    if len(observed) == 0:
+        observed = np.asarray(times, dtype=np.float64)
+    edges = np.quantile(observed, np.linspace(0, 1, n_bins + 1)[1:-1])
+    return np.unique(edges)
+
+
+def discrete_time_nll(logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of a discrete-time hazard model, mean over cases.
+
+    ``logits`` (B, K): hazard logits per bin, ``h_k = sigmoid(logit_k)``; ``S_k = prod_{j<=k} (1 - h_j)``.
+    An event in bin k contributes ``-log S_{k-1} - log h_k``; a case censored in bin k ``-log S_k`` (it
+    survived bin k).
+    """
+    log_h = F.logsigmoid(logits)
+    log_1mh = F.logsigmoid(-logits)
+    log_s = torch.cumsum(log_1mh, dim=1)
+    log_s_prev = torch.cat([torch.zeros_like(log_s[:, :1]), log_s[:, :-1]], dim=1)
+    k = bins.long().unsqueeze(1)
+    event = events.float()
+    uncensored = -(log_s_prev.gather(1, k) + log_h.gather(1, k)).squeeze(1)
+    censored = -log_s.gather(1, k).squeeze(1)
+    return (event * uncensored + (1 - event) * censored).mean()
+
+
+def survival_curve(logits: torch.Tensor) -> torch.Tensor:
+    """``S_k`` per bin (B, K) from discrete-time hazard logits."""
+    return torch.exp(torch.cumsum(F.logsigmoid(-logits), dim=1))
+
+
+def hazards_to_risk(logits: torch.Tensor) -> torch.Tensor:
+    """One risk per case: minus the sum of the survival curve (minus the expected number of bins survived)."""
+    return -survival_curve(logits).sum(dim=1)
+
+
+def cox_partial_nll(log_risk: torch.Tensor, times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+    """Negative Cox partial log-likelihood (Breslow ties) divided by the number of events.
+
+    ``-sum_{i: event} [r_i - log sum_{j: t_j >= t_i} exp(r_j)] / n_events``; zero when no case had an event
+    (the batch carries no information then).
+    """
+    log_risk = log_risk.reshape(-1).float()
+    at_risk = times.reshape(1, -1) >= times.reshape(-1, 1)  # row i: who is still at risk at t_i
+    log_denominator = torch.logsumexp(log_risk.unsqueeze(0).masked_fill(~at_risk, float("-inf")), dim=1)
+    event = events.reshape(-1).float()
+    n_events = event.sum()
+    if n_events == 0:
+        return log_risk.sum() * 0.0
+    return -((log_risk - log_denominator) * event).sum() / n_events

@@ -1,0 +1,158 @@
+"""Slide-level models: a bag aggregator (gated ABMIL, mean pooling, a transformer), report fusion and a head.
+
+An aggregator maps one bag ``(N, D)`` to a slide embedding ``(H,)`` and per-patch weights ``(N,)`` that sum
+to one (the attention drawn on heatmaps; uniform for mean pooling).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["AGGREGATORS", "FUSIONS", "ABMIL", "MILModel", "MeanPool", "TransformerMIL", "build_aggregator"]
+
+AGGREGATORS = ("abmil", "mean", "transmil")
+#: ``none`` = slide only, ``text_only`` = report only, ``concat`` / ``gated`` = both.
+FUSIONS = ("none", "concat", "gated", "text_only")
+
+
+def _embed(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+
+
+class ABMIL(nn.Module):
+    """Gated attention MIL (Ilse et al. 2018): ``a_i = softmax(w . (tanh(V h_i) * sigmoid(U h_i)))``."""
+
+    def __init__(self, in_dim: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.embed = _embed(in_dim, hidden, dropout)
+        self.attn_v = nn.Linear(hidden, attn_dim)
+        self.attn_u = nn.Linear(hidden, attn_dim)
+        self.attn_w = nn.Linear(attn_dim, 1)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.embed(x)
+        scores = self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h))).squeeze(-1)
+        weights = torch.softmax(scores, dim=0)
+        return weights @ h, weights
+
+
+class MeanPool(nn.Module):
+    """The baseline: every patch counts the same."""
+
+    def __init__(self, in_dim: int, hidden: int = 256, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.embed = _embed(in_dim, hidden, dropout)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.embed(x)
+        return h.mean(0), torch.full((len(x),), 1.0 / len(x), device=x.device)
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block that also returns its attention maps (averaged over heads)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.norm1(x)
+        y, attn = self.attn(y, y, y, need_weights=True, average_attn_weights=True)
+        x = x + y
+        return x + self.mlp(self.norm2(x)), attn
+
+
+class TransformerMIL(nn.Module):
+    """TransMIL-style aggregator: a class token and full self-attention over the patches (``layers`` blocks).
+
+    The weights reported per patch are the class token's attention in the last block, renormalised over the
+    patches. Full attention costs O(N^2) memory: fine for a few thousand patches per bag.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 2, heads: int = 4, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.embed = _embed(in_dim, hidden, dropout)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden))
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.blocks = nn.ModuleList(_Block(hidden, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.cat([self.cls_token, self.embed(x).unsqueeze(0)], dim=1)
+        for block in self.blocks:
+            tokens, attn = block(tokens)
+        weights = attn[0, 0, 1:]
+        return self.norm(tokens[0, 0]), weights / weights.sum().clamp_min(1e-12)
+
+
+def build_aggregator(name: str, in_dim: int, hidden: int, dropout: float) -> nn.Module:
+    if name == "abmil":
+        return ABMIL(in_dim, hidden, max(hidden // 2, 1), dropout)
+    if name == "mean":
+        return MeanPool(in_dim, hidden, dropout)
+    if name == "transmil":
+        return TransformerMIL(in_dim, hidden, dropout=min(dropout, 0.1))
+    raise ValueError(f"model must be one of {AGGREGATORS}, got {name!r}")
+
+
+class MILModel(nn.Module):
+    """Aggregator + optional report fusion + linear head; ``forward`` takes one case at a time.
+
+    ``fusion``: ``none`` (slide only), ``text_only``, ``concat`` (slide and projected report side by side) or
+    ``gated`` (a learned per-dimension gate mixes the two: ``g * slide + (1 - g) * report``).
+    """
+
+    def __init__(
+        self,
+        out_dim: int,
+        feature_dim: int | None,
+        text_dim: int | None = None,
+        model: str = "abmil",
+        fusion: str = "none",
+        hidden: int = 256,
+        dropout: float = 0.25,
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if fusion != "text_only" and not feature_dim:
+            raise ValueError(f"fusion {fusion!r} uses the slides: give feature_dim")
+        if fusion != "none" and not text_dim:
+            raise ValueError(f"fusion {fusion!r} uses the reports: give text_dim (the report embedding width)")
+        self.fusion = fusion
+        self.aggregator = None if fusion == "text_only" else build_aggregator(model, feature_dim, hidden, dropout)
+        self.text_proj = None if fusion == "none" else _embed(text_dim, hidden, dropout)
+        if fusion == "gated":
+            self.gate = nn.Linear(2 * hidden, hidden)
+        self.head = nn.Linear(2 * hidden if fusion == "concat" else hidden, out_dim)
+
+    def forward(
+        self, features: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One case: ``features`` (N, D) and/or ``text`` (T,) -> (head output (out_dim,), patch weights or None)."""
+        weights = None
+        if self.aggregator is not None:
+            if features is None:
+                raise ValueError("this model reads slide features: pass features")
+            slide, weights = self.aggregator(features)
+        if self.text_proj is not None:
+            if text is None:
+                raise ValueError(f"fusion {self.fusion!r} reads the report: pass its embedding")
+            report = self.text_proj(text)
+        if self.fusion == "none":
+            joint = slide
+        elif self.fusion == "text_only":
+            joint = report
+        elif self.fusion == "concat":
+            joint = torch.cat([slide, report])
+        else:
+            gate = torch.sigmoid(self.gate(torch.cat([slide, report])))
+            joint = gate * slide + (1 - gate) * report
+        return self.head(joint), weights

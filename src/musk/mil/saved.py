@@ -1,0 +1,106 @@
+"""A trained slide-level model on disk: ``model.safetensors`` + ``config.json`` in one folder, written atomically.
+
+A training run writes one such folder per fold (``fold_0/`` ...); loading the run folder gives all of them,
+and predictions average over them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..vqa.saved import atomic_dir
+from .data import BagDataset
+from .fit import outputs_to_predictions, predict_outputs
+from .models import MILModel
+
+__all__ = ["SavedMIL", "load_mil_models", "save_mil_model"]
+
+WEIGHTS_FILENAME = "model.safetensors"
+CONFIG_FILENAME = "config.json"
+FORMAT = "musk-mil"
+_ARCH_KEYS = ("out_dim", "feature_dim", "text_dim", "model", "fusion", "hidden", "dropout")
+
+
+@dataclass
+class SavedMIL:
+    """A loaded model and what its outputs mean (``task``, ``classes``, ``survival_loss``, ``bin_edges``)."""
+
+    model: MILModel
+    config: dict
+    path: Path
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    def predict(self, dataset: BagDataset, batch_size: int = 8, num_workers: int = 0) -> np.ndarray:
+        outputs = predict_outputs(self.model, dataset, batch_size=batch_size, num_workers=num_workers)
+        return outputs_to_predictions(outputs, self.task, self.config.get("survival_loss", "nll"))
+
+
+def save_mil_model(model: MILModel, directory: str | os.PathLike, config: dict, extra: dict | None = None) -> Path:
+    """Write ``model`` with ``config`` (its architecture keys plus ``task``, ``classes`` ...) and optional
+    ``extra`` JSON files (name -> object) into ``directory``, replacing it whole."""
+    missing = [k for k in (*_ARCH_KEYS, "task") if k not in config]
+    if missing:
+        raise ValueError(f"the model config lacks {missing}")
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILENAME), metadata={"format": FORMAT})
+        (tmp / CONFIG_FILENAME).write_text(json.dumps({"format": FORMAT, **config}, indent=2, default=_plain) + "\n")
+        for name, value in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(value, indent=2, default=_plain) + "\n")
+    return directory
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _load_one(directory: Path, device: torch.device | str) -> SavedMIL:
+    config = json.loads((directory / CONFIG_FILENAME).read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(
+            f"{directory / CONFIG_FILENAME} is not a musk MIL model config (format {config.get('format')!r})"
+        )
+    model = MILModel(**{k: config[k] for k in _ARCH_KEYS})
+    state = load_file(str(directory / WEIGHTS_FILENAME))
+    expected = set(model.state_dict())
+    if set(state) != expected:
+        raise ValueError(
+            f"{directory / WEIGHTS_FILENAME} does not fit its config.json: "
+            f"missing {sorted(expected - set(state))[:8]}, unexpected {sorted(set(state) - expected)[:8]}"
+        )
+    model.load_state_dict(state)
+    return SavedMIL(model.to(device).eval(), config, directory)
+
+
+def load_mil_models(directory: str | os.PathLike, device: torch.device | str = "cpu") -> list[SavedMIL]:
+    """The model in ``directory``, or every fold model of a training output folder (``fold_*/``)."""
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"MIL model folder not found: {directory}")
+    if (directory / WEIGHTS_FILENAME).is_file() and (directory / CONFIG_FILENAME).is_file():
+        return [_load_one(directory, device)]
+    folds = sorted(
+        (p for p in directory.glob("fold_*") if (p / WEIGHTS_FILENAME).is_file() and (p / CONFIG_FILENAME).is_file()),
+        key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else 0,
+    )
+    if not folds:
+        raise FileNotFoundError(
+            f"{directory} holds no MIL model ({WEIGHTS_FILENAME} + {CONFIG_FILENAME}, or fold_*/ folders with them); "
+            "point to a folder written by `musk mil train` or one of its fold_* folders"
+        )
+    return [_load_one(p, device) for p in folds]
