@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from .. import __version__
 from ..images import ImageLoadError
 from ..models import CheckpointMismatchError, WeightsUnavailableError
-from . import embed, info, vqa, zeroshot
+from . import embed, info, vqa, wsi, zeroshot
 
-SUBCOMMANDS = (info, embed, zeroshot, vqa)
+SUBCOMMANDS = (info, embed, zeroshot, vqa, wsi)
 #: Errors that are the user's to fix: reported in one line, exit status 2.
 USER_ERRORS = (WeightsUnavailableError, CheckpointMismatchError, ImageLoadError, FileNotFoundError, ValueError)
 

@@ -52,6 +52,8 @@ STAGE_SETTINGS = {
     "patch": ("patch_size", "magnification", "target_mpp", "overlap", "min_tissue"),
     "extract": ("model", "weights_sha256", "features"),
 }
+#: The segmentation and patching settings (what a job's geometry depends on).
+JOB_SETTINGS = (*STAGE_SETTINGS["segment"], *STAGE_SETTINGS["patch"])
 
 
 @dataclass
@@ -137,10 +139,10 @@ class _Job:
     def settings(self) -> dict[str, dict]:
         values = asdict(self.config)
         values["weights_sha256"] = self.weights_sha256
-        needed = {s for s in self.stages if s in STAGE_SETTINGS} | {"segment", "patch"}
+        needed = {s for s in self.stages if s in STAGE_SETTINGS}
         return {stage: {k: values[k] for k in STAGE_SETTINGS[stage]} for stage in STAGE_SETTINGS if stage in needed}
 
-    def check_and_save_config(self) -> None:
+    def check_and_save_config(self, slides: list[str]) -> None:
         """Refuse settings that differ from those the job directory's existing outputs were made with."""
         config_file = self.dir / "config.json"
         settings = self.settings()
@@ -162,6 +164,7 @@ class _Job:
         if self.weights_file is not None:
             record["weights"] = {"path": str(self.weights_file), "sha256": self.weights_sha256}
         record["settings"] = settings
+        record["slides"] = slides
         write_json(config_file, record)
 
     # ---- model ---------------------------------------------------------------------------
@@ -201,7 +204,8 @@ class _Job:
         record = {"slide": entry.name, "status": "done", "patches": "", "seconds": "", "error": ""}
         try:
             with open_slide(entry.path, entry.mpp if entry.mpp is not None else self.config.mpp) as reader:
-                record["patches"] = self.run_stages(entry, reader)
+                patches = self.run_stages(entry, reader)
+                record["patches"] = "" if patches is None else patches
         except Exception as e:  # noqa: BLE001 - one bad slide must not stop the job
             logger.error("slide %s failed: %s", entry.path, e)
             record.update(status="failed", error=f"{type(e).__name__}: {e}")
@@ -209,7 +213,7 @@ class _Job:
         write_json(self.path("status", entry.name, ".json"), {**record, "process": self.rank})
         return record
 
-    def run_stages(self, entry: SlideEntry, reader: SlideReader) -> int:
+    def run_stages(self, entry: SlideEntry, reader: SlideReader) -> int | None:
         name, cfg = entry.name, self.config
         thumbnail_file, mask_file = self.path("thumbnails", name, ".png"), self.path("masks", name, ".png")
         if mask_file.is_file():
@@ -222,7 +226,7 @@ class _Job:
             save_png(contour_overlay(thumbnail, tissue.mask), self.path("contours", name, ".png"))
             tissue.save(mask_file)  # last: its presence means the segment stage is complete
         if self.stages == ("segment",):
-            return int(tissue.mask.sum() > 0)
+            return None
         patch_file = self.path("patches", name, ".h5")
         if patch_file.is_file():
             stored = read_patch_file(patch_file)
@@ -329,7 +333,8 @@ def run_wsi_job(
     if needs_model and config.weights is not None:
         job.weights_file = resolve_weights(config.weights, config.cache_dir)
         job.weights_sha256 = file_sha256(job.weights_file)
-    job.check_and_save_config()
+    sources = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
+    job.check_and_save_config([str(Path(s).expanduser().resolve()) for s in sources])
     pending = [e for e in job.work_order(entries) if not job.outputs_done(e.name)]
     if needs_model and pending:
         job.load_model(state.device if state is not None and config.device == "auto" else resolve_device(config.device))
@@ -341,9 +346,8 @@ def run_wsi_job(
             if not taken or job.outputs_done(entry.name):  # another process has it, or just finished it
                 continue
             record = job.process(entry)
-            logger.info(
-                "%s: %s (%s patches, %.1f s)", entry.name, record["status"], record["patches"], record["seconds"]
-            )
+            if record["status"] == "done":
+                logger.info("%s: done (%s patches, %.1f s)", entry.name, record["patches"], record["seconds"])
         job.write_status(entries)
     if state is not None:
         state.wait_for_everyone()
