@@ -199,8 +199,18 @@ class _Job:
         }
         return all(checks[stage]() for stage in self.stages)
 
+    def remove_partial_files(self, name: str) -> None:
+        """Temporary files a killed process left for this slide (safe: the caller holds the slide's lock)."""
+        folders = ("thumbnails", "masks", "contours", "patches", "features", "status")
+        leftovers = [p for folder in folders for p in (self.dir / folder).glob(f".{name}.*.partial*")]
+        leftovers += (self.dir / "heatmaps" / name).glob(".*.partial*")
+        for path in leftovers:
+            logger.info("removing %s, left by an interrupted run", path)
+            path.unlink(missing_ok=True)
+
     def process(self, entry: SlideEntry) -> dict:
         start = time.perf_counter()
+        self.remove_partial_files(entry.name)
         record = {"slide": entry.name, "status": "done", "patches": "", "seconds": "", "error": ""}
         try:
             with open_slide(entry.path, entry.mpp if entry.mpp is not None else self.config.mpp) as reader:
@@ -295,13 +305,13 @@ class _Job:
         return records
 
 
-def _distributed() -> tuple[int, int, object]:
+def _distributed(cpu: bool) -> tuple[int, int, object]:
     """(rank, world size, accelerate state or None) of this process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=cpu)
     return state.process_index, state.num_processes, state
 
 
@@ -327,7 +337,7 @@ def run_wsi_job(
     last = max(STAGES.index(s) for s in stages)
     stages = STAGES[: last + 1] if last < 3 else (*STAGES[:3], "heatmap")
     entries = list_slides(slides)
-    rank, world, state = _distributed()
+    rank, world, state = _distributed(cpu=config.device == "cpu")
     job = _Job(Path(job_dir), config, stages, rank, world)
     needs_model = "extract" in stages
     if needs_model and config.weights is not None:
