@@ -111,8 +111,7 @@ def test_two_accelerate_processes_write_the_same_files_as_one(setup, reference, 
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(port), "-m", "musk"]  # fmt: skip
-    env = environment() | {"ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}  # no user config
-    proc = subprocess.run([*launcher, *extract_args(slides, weights, job_dir)], env=env, capture_output=True,
+    proc = subprocess.run([*launcher, *extract_args(slides, weights, job_dir)], env=environment(), capture_output=True,
                           text=True, timeout=400)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((job_dir / "summary.json").read_text())
