@@ -48,7 +48,7 @@ STAGES = ("segment", "patch", "extract", "heatmap")
 STATUS_COLUMNS = ("slide", "status", "patches", "seconds", "error")
 #: The settings each stage's outputs depend on (compared with those of an earlier run in the same job directory).
 STAGE_SETTINGS = {
-    "segment": ("mpp", "thumbnail_size", "min_saturation", "min_area_um2", "max_hole_um2"),
+    "segment": ("mpp", "thumbnail_size", "min_saturation", "max_saturation", "min_area_um2", "max_hole_um2"),
     "patch": ("patch_size", "magnification", "target_mpp", "overlap", "min_tissue"),
     "extract": ("model", "weights_sha256", "features"),
 }
@@ -63,6 +63,7 @@ class WsiJobConfig:
     mpp: float | None = None  # microns per level-0 pixel for every slide, overriding metadata
     thumbnail_size: int = 2048
     min_saturation: float = 0.08
+    max_saturation: float = 0.2
     min_area_um2: float = 20_000.0
     max_hole_um2: float = 5_000.0
     patch_size: int = 384
@@ -230,8 +231,8 @@ class _Job:
             tissue = TissueMask.load(mask_file, reader.dimensions)
         else:
             thumbnail = reader.thumbnail(cfg.thumbnail_size)
-            tissue = segment_tissue(thumbnail, reader.dimensions, reader.mpp, cfg.min_saturation, cfg.min_area_um2,
-                                    cfg.max_hole_um2)  # fmt: skip
+            settings = {k: getattr(cfg, k) for k in STAGE_SETTINGS["segment"] if k not in ("mpp", "thumbnail_size")}
+            tissue = segment_tissue(thumbnail, reader.dimensions, reader.mpp, **settings)
             save_png(thumbnail, thumbnail_file)
             save_png(contour_overlay(thumbnail, tissue.mask), self.path("contours", name, ".png"))
             tissue.save(mask_file)  # last: its presence means the segment stage is complete
@@ -242,8 +243,8 @@ class _Job:
             stored = read_patch_file(patch_file)
             grid = PatchGrid.from_attrs(stored.coords, stored.attrs)
         else:
-            grid = plan_patches(reader, tissue, cfg.patch_size, cfg.magnification, cfg.target_mpp, cfg.overlap,
-                                cfg.min_tissue)  # fmt: skip
+            grid = plan_patches(reader, tissue, patch_size=cfg.patch_size, magnification=cfg.magnification,
+                                mpp=cfg.target_mpp, overlap=cfg.overlap, min_tissue=cfg.min_tissue)  # fmt: skip
             write_patch_file(patch_file, grid.coords, attrs=grid.attrs(reader, name))
         features_file = self.path("features", name, ".h5")
         if "extract" in self.stages and not features_file.is_file():

@@ -1,8 +1,9 @@
 """Tissue segmentation on a slide thumbnail: saturation above an Otsu threshold, small holes filled, specks dropped.
 
 H&E tissue is coloured and the glass around it is grey or white, so the HSV saturation separates them. The
-threshold is Otsu's on the (median-filtered) saturation but never below ``min_saturation``, so a slide with
-no tissue gives an empty mask instead of a split of its noise.
+threshold is Otsu's on the (median-filtered) saturation, clipped to [``min_saturation``, ``max_saturation``]:
+a slide of bare glass gives an empty mask instead of a split of its noise, and a field that is all tissue (no
+glass for Otsu to find) stays tissue instead of being split into pale and dark halves.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def segment_tissue(
     level0_size: tuple[int, int],
     mpp: float,
     min_saturation: float = 0.08,
+    max_saturation: float = 0.2,
     min_area_um2: float = 20_000.0,
     max_hole_um2: float = 5_000.0,
 ) -> TissueMask:
@@ -77,7 +79,8 @@ def segment_tissue(
 
     saturation = thumbnail.convert("RGB").convert("HSV").getchannel("S").filter(ImageFilter.MedianFilter(5))
     saturation = np.asarray(saturation)
-    mask = saturation > max(round(min_saturation * 255), otsu_threshold(saturation))
+    threshold = min(max(round(min_saturation * 255), otsu_threshold(saturation)), round(max_saturation * 255))
+    mask = saturation > threshold
     um2_per_pixel = (mpp * level0_size[0] / thumbnail.width) * (mpp * level0_size[1] / thumbnail.height)
     mask = ~_drop_small_regions(~mask, max_hole_um2 / um2_per_pixel)  # fill small holes
     mask = _drop_small_regions(mask, min_area_um2 / um2_per_pixel)
