@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from musk import get_transform
-from musk.wsi.dataset import SlidePatchDataset, patch_transform
+from musk.wsi.dataset import PatchPreprocessing, SlidePatchDataset
 from musk.wsi.extract import extract_slide_features, projected
 from musk.wsi.patching import plan_patches
 from musk.wsi.readers import open_slide
@@ -28,24 +28,30 @@ def real_grid(slide, patch_size, magnification=20):
         return plan_patches(reader, tissue, patch_size=patch_size, magnification=magnification)
 
 
-def test_direct_preprocessing_equals_get_transform_bit_for_bit(model, sample_slide):
+def test_split_preprocessing_equals_get_transform_bit_for_bit(model, sample_slide):
+    preprocessing = PatchPreprocessing(model)
     with open_slide(sample_slide) as reader:
-        patch = reader.read_region((900, 1400), 0, (64, 64))
-    fast = patch_transform(model, 64)
-    assert fast is not None and not hasattr(fast, "transforms")  # the direct path, not a Compose
-    torch.testing.assert_close(fast(patch), get_transform(model)(patch), rtol=0, atol=0)
-    assert hasattr(patch_transform(model, 128), "transforms")  # other sizes: the model's transform itself
+        patches = [reader.read_region((900, 1400), 0, (side, side)) for side in (64, 256, 101)]
+    for patch in patches:  # as large as the input, resized down, and an odd size
+        pixels = preprocessing.pixels(patch)
+        assert pixels.dtype == torch.uint8 and pixels.shape == (3, 64, 64)
+        torch.testing.assert_close(preprocessing(patch), get_transform(model)(patch), rtol=0, atol=0)
+    batch = torch.stack([preprocessing.pixels(p) for p in patches])
+    want = torch.stack([get_transform(model)(p) for p in patches])
+    torch.testing.assert_close(preprocessing.normalise(batch), want, rtol=0, atol=0)
 
 
 def test_dataset_items_are_read_resized_and_normalised_like_by_hand(model, sample_slide):
     grid = real_grid(sample_slide, 256)
-    dataset = SlidePatchDataset(sample_slide, grid, patch_transform(model, 256))
+    preprocessing = PatchPreprocessing(model)
+    dataset = SlidePatchDataset(sample_slide, grid, preprocessing)
     with open_slide(sample_slide) as reader:
         for index in (0, len(grid.coords) - 1):
             x, y = grid.coords[index]
             patch = reader.read_region((x, y), 0, (256, 256))
-            torch.testing.assert_close(dataset[index], get_transform(model)(patch), rtol=0, atol=0)
-            assert dataset[index].shape == (3, 64, 64)
+            got = preprocessing.normalise(dataset[index][None])[0]
+            torch.testing.assert_close(got, get_transform(model)(patch), rtol=0, atol=0)
+            assert dataset[index].shape == (3, 64, 64) and dataset[index].dtype == torch.uint8
     dataset.close()
 
 
@@ -61,7 +67,7 @@ def test_patch_read_from_a_coarser_level_is_resized_to_patch_size(tmp_path, mode
         level1 = reader.read_region((192, 0), 1, (96, 96))
     assert (grid.level, grid.read_size, grid.patch_size_level0) == (1, 96, 192)
     assert [192, 0] in grid.coords.tolist()
-    dataset = SlidePatchDataset(slide, grid, patch_transform(model, 96))
+    dataset = SlidePatchDataset(slide, grid, PatchPreprocessing(model))
     index = grid.coords.tolist().index([192, 0])
     np.testing.assert_array_equal(np.asarray(dataset.read_patch(index)), np.asarray(level1))
     # a 40x slide at 30x: 128 level-0 px read at level 0 and resized down to 96
@@ -70,7 +76,7 @@ def test_patch_read_from_a_coarser_level_is_resized_to_patch_size(tmp_path, mode
         raw = reader.read_region(tuple(grid30.coords[5]), 0, (128, 128))
     assert (grid30.level, grid30.read_size) == (0, 128)
     want = raw.resize((96, 96), Image.Resampling.BICUBIC, reducing_gap=None)
-    read = SlidePatchDataset(slide, grid30, patch_transform(model, 96)).read_patch(5)
+    read = SlidePatchDataset(slide, grid30, PatchPreprocessing(model)).read_patch(5)
     np.testing.assert_array_equal(np.asarray(read), np.asarray(want))
 
 

@@ -1,59 +1,75 @@
-"""The patches of one slide as a torch Dataset: DataLoader workers read, resize and normalise them.
+"""The patches of one slide as a torch Dataset: DataLoader workers read and resize them, the device normalises.
 
-Each worker process opens the slide itself (slide handles are not shared across processes). Preprocessing is
-the model's own (``musk.get_transform``) after the patch is resized to ``patch_size``; when the patch size
-equals the model's input size and the crop keeps the whole image, the equivalent direct path (to tensor and
-normalise, no resampling) is taken.
+Each worker process opens the slide itself (slide handles are not shared across processes). A worker returns
+8-bit pixels, already resized and cropped exactly as ``musk.get_transform`` would; ``PatchPreprocessing.normalise``
+turns a batch of them into the model's input on the model's device. Together they give ``get_transform``'s
+result bit for bit, while moving a quarter of the bytes between processes (uint8 instead of float32).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import transforms as T
 
 from ..transforms import get_transform, resolve_data_config
 from .patching import PatchGrid
 from .readers import SlideReader, open_slide
 
-__all__ = ["SlidePatchDataset", "patch_transform"]
+__all__ = ["PatchPreprocessing", "SlidePatchDataset"]
 
 
-def patch_transform(model_or_cfg, patch_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Preprocessing of ``patch_size`` RGB patches for a model, identical in result to ``get_transform``."""
-    cfg = resolve_data_config(model_or_cfg)
-    _, height, width = cfg["input_size"]
-    if height == width == patch_size and math.floor(patch_size / cfg["crop_pct"]) == patch_size:
-        mean = torch.tensor(cfg["mean"]).view(-1, 1, 1)
-        std = torch.tensor(cfg["std"]).view(-1, 1, 1)
-        return lambda image: _normalised(image, mean, std)
-    return get_transform(model_or_cfg)
+class PatchPreprocessing:
+    """``musk.get_transform`` split in two: the PIL geometry (in workers) and the normalisation (on the device)."""
 
+    def __init__(self, model_or_cfg):
+        cfg = resolve_data_config(model_or_cfg)
+        steps = get_transform(model_or_cfg).transforms
+        self.geometry = [t for t in steps if not isinstance(t, (T.ToTensor, T.Normalize))]
+        if len(self.geometry) != len(steps) - 2:
+            raise ValueError("expected get_transform to end with ToTensor and Normalize")
+        _, height, width = cfg["input_size"]
+        unchanged = math.floor(height / cfg["crop_pct"]) == height and math.floor(width / cfg["crop_pct"]) == width
+        self.unchanged_size = (width, height) if unchanged else None  # an image of this size needs no resampling
+        self.mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
+        self.std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
 
-def _normalised(image: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return (pixels.float().div_(255) - mean).div_(std)
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """RGB patch -> (C, H, W) uint8 at the model's input size."""
+        if image.size != self.unchanged_size:
+            for step in self.geometry:
+                image = step(image)
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) uint8 -> float32 model input on ``batch``'s device (as ToTensor then Normalize)."""
+        x = batch.float().div_(255)
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """One patch all the way: equal to ``get_transform(model)(image)``."""
+        return self.normalise(self.pixels(image)[None])[0]
 
 
 class SlidePatchDataset(Dataset):
-    """Item ``i``: the preprocessed patch at ``grid.coords[i]`` as a (C, H, W) float tensor."""
+    """Item ``i``: the patch at ``grid.coords[i]``, resized for the model, as (C, H, W) uint8 pixels."""
 
     def __init__(
         self,
         slide: str | os.PathLike,
         grid: PatchGrid,
-        transform: Callable[[Image.Image], torch.Tensor],
+        preprocessing: PatchPreprocessing,
         mpp: float | None = None,
     ):
         self.slide = Path(slide)
         self.grid = grid
-        self.transform = transform
+        self.preprocessing = preprocessing
         self.mpp = mpp
         self._reader: SlideReader | None = None
         self._reader_pid: int | None = None
@@ -73,7 +89,7 @@ class SlidePatchDataset(Dataset):
         return patch
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.read_patch(index))
+        return self.preprocessing.pixels(self.read_patch(index))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..models import MUSK
-from .dataset import SlidePatchDataset, patch_transform
+from .dataset import PatchPreprocessing, SlidePatchDataset
 from .patching import PatchGrid
 
 __all__ = ["FEATURE_KINDS", "encode_patches", "extract_slide_features", "feature_width", "projected"]
@@ -72,7 +72,8 @@ def extract_slide_features(
 ) -> np.ndarray:
     """(N, D) float32 features of the patches of ``grid``; ``mpp`` overrides the slide's metadata."""
     width = feature_width(model, kind)
-    dataset = SlidePatchDataset(slide, grid, patch_transform(model, grid.patch_size), mpp)
+    preprocessing = PatchPreprocessing(model)
+    dataset = SlidePatchDataset(slide, grid, preprocessing, mpp)
     if len(dataset) == 0:
         return np.zeros((0, width), dtype=np.float32)
     param = next(model.parameters())
@@ -86,8 +87,9 @@ def extract_slide_features(
     out = np.empty((len(dataset), width), dtype=np.float32)
     done = 0
     try:
-        for images in tqdm(loader, desc=f"features {dataset.slide.name}", unit="batch", disable=not progress):
-            feats = encode_patches(model, images.to(param.device, param.dtype, non_blocking=True), kind)
+        for pixels in tqdm(loader, desc=f"features {dataset.slide.name}", unit="batch", disable=not progress):
+            images = preprocessing.normalise(pixels.to(param.device, non_blocking=True)).to(param.dtype)
+            feats = encode_patches(model, images, kind)
             out[done : done + len(feats)] = feats.float().cpu().numpy()
             done += len(feats)
     finally:
