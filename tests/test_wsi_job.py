@@ -202,3 +202,15 @@ def test_library_call_returns_records(slides, tiny, tmp_path):
     result = run_wsi_job([slides / "glass.tif", slides / "missing.svs"], tmp_path / "job", config)
     assert [r["status"] for r in result.records] == ["done", "failed"]
     assert result.failed == ["missing"] and "missing.svs" in result.records[1]["error"]
+
+
+def test_leftovers_of_a_killed_run_are_removed_and_others_kept(slides, tmp_path):
+    job_dir = tmp_path / "job"
+    (job_dir / "features").mkdir(parents=True)
+    mine = job_dir / "features" / ".glass.h5.0123abcd.partial.h5"
+    other = job_dir / "features" / ".glass.b.h5.0123abcd.partial.h5"  # a slide named "glass.b", in flight
+    mine.write_bytes(b"half")
+    other.write_bytes(b"half")
+    config = WsiJobConfig(model=TINY, weights=None, patch_size=128, device="cpu")
+    assert run_wsi_job([slides / "glass.tif"], job_dir, config).failed == []
+    assert not mine.exists() and other.exists()

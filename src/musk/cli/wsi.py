@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..zeroshot import DEFAULT_TEMPLATES
 from .common import add_model_args, add_runtime_args, show_progress
+from .zeroshot import tokenizer_source
 
 _NO_WEIGHTS = ("none", "random")
 
@@ -83,7 +84,7 @@ def _add_zeroshot_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("zero-shot tissue map")
     g.add_argument("--classes", nargs="+", required=required, default=[], help="class names, e.g. tumor stroma")
     g.add_argument("--templates", nargs="+", default=list(DEFAULT_TEMPLATES), help="prompts with {} for the class")
-    g.add_argument("--tokenizer", default=None, help="tokenizer.spm path (default: from the hub)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer.spm (default: beside local weights, else the hub)")
 
 
 def job_config(args: argparse.Namespace):
@@ -99,6 +100,9 @@ def job_config(args: argparse.Namespace):
     if args.stage == "heatmap":  # everything but the classes and the runtime comes from the job
         saved = _saved(Path(args.job_dir))["config"]
         values |= {k: saved[k] for k in (*JOB_SETTINGS, "model", "weights", "cache_dir", "features") if k in saved}
+    if values.get("classes") and values.get("weights") is not None:  # tokenizer.spm beside local weights
+        found = tokenizer_source(values.get("tokenizer"), values["weights"])
+        values["tokenizer"] = str(found) if found is not None else None
     return WsiJobConfig(**values)
 
 

@@ -21,6 +21,8 @@ A slide that fails is recorded with the reason and the job goes on.
 from __future__ import annotations
 
 import csv
+import glob
+import json
 import logging
 import os
 import time
@@ -148,8 +150,6 @@ class _Job:
         config_file = self.dir / "config.json"
         settings = self.settings()
         if config_file.is_file():
-            import json
-
             earlier = json.loads(config_file.read_text()).get("settings", {})
             for stage, values in settings.items():
                 old = earlier.get(stage)
@@ -202,8 +202,13 @@ class _Job:
 
     def remove_partial_files(self, name: str) -> None:
         """Temporary files a killed process left for this slide (safe: the caller holds the slide's lock)."""
-        folders = ("thumbnails", "masks", "contours", "patches", "features", "status")
-        leftovers = [p for folder in folders for p in (self.dir / folder).glob(f".{name}.*.partial*")]
+        folders = {"thumbnails": ".png", "masks": ".png", "contours": ".png", "patches": ".h5", "features": ".h5",
+                   "status": ".json"}  # fmt: skip
+        leftovers = [
+            p
+            for folder, ext in folders.items()
+            for p in (self.dir / folder).glob(f".{glob.escape(name)}{ext}.*.partial{ext}")
+        ]
         leftovers += (self.dir / "heatmaps" / name).glob(".*.partial*")
         for path in leftovers:
             logger.info("removing %s, left by an interrupted run", path)
@@ -284,8 +289,6 @@ class _Job:
 
     def write_status(self, entries: list[SlideEntry], verify: bool = False) -> list[dict]:
         """Rebuild ``status.csv`` from the per-slide records; ``verify`` checks each slide's outputs too (slower)."""
-        import json
-
         records = []
         for entry in entries:
             status_file = self.path("status", entry.name, ".json")
