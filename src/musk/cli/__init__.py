@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from .. import __version__
 from ..images import ImageLoadError
 from ..models import CheckpointMismatchError, WeightsUnavailableError
-from . import bench, embed, info, mil, pretrain, vqa, zeroshot
+from . import bench, embed, info, mil, pretrain, vqa, wsi, zeroshot
 
-SUBCOMMANDS = (info, embed, zeroshot, vqa, bench, mil, pretrain)
+SUBCOMMANDS = (info, embed, zeroshot, vqa, wsi, bench, mil, pretrain)
 #: Errors that are the user's to fix: reported in one line, exit status 2.
 USER_ERRORS = (WeightsUnavailableError, CheckpointMismatchError, ImageLoadError, FileNotFoundError, ValueError)
 

@@ -1,0 +1,126 @@
+"""``musk wsi``: whole-slide images to tissue masks, patch coordinates, MUSK features (h5) and zero-shot maps.
+
+musk wsi segment --slides slides/ --job_dir job             # thumbnails, tissue masks, contour overlays
+musk wsi patch   --slides slides/ --job_dir job --mag 20    # + patches/<slide>.h5 (coords)
+musk wsi extract --slides slides/ --job_dir job --features cls --batch_size 64 --num_workers 8
+musk wsi run     --slides list.csv --job_dir job --classes tumor stroma necrosis   # all stages
+musk wsi heatmap --job_dir job --classes tumor stroma       # zero-shot maps from the job's features
+
+Every stage resumes: finished slides are skipped. Several GPUs or nodes: `accelerate launch -m musk wsi extract ...`.
+The exit status is 1 when any slide failed (see job/status.csv), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from ..zeroshot import DEFAULT_TEMPLATES
+from .common import add_model_args, add_runtime_args, show_progress
+from .zeroshot import tokenizer_source
+
+_NO_WEIGHTS = ("none", "random")
+
+
+def add_parser(subparsers) -> None:
+    wsi = subparsers.add_parser("wsi", help="whole-slide images: segment, patch, extract, heatmap", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = wsi.add_subparsers(dest="wsi_command", required=True)
+    helps = {
+        "segment": "tissue masks and contour overlays",
+        "patch": "tissue patch coordinates at a magnification",
+        "extract": "MUSK features of every tissue patch (h5)",
+        "run": "segment, patch, extract and (with --classes) zero-shot maps",
+        "heatmap": "zero-shot tissue maps from extracted features",
+    }
+    for name, help_text in helps.items():
+        p = commands.add_parser(name, help=help_text, description=help_text)
+        _add_job_args(p, slides_required=name != "heatmap")
+        if name != "heatmap":  # the heatmap stage uses the job's own settings
+            _add_segment_args(p)
+        if name not in ("segment", "heatmap"):
+            _add_patch_args(p)
+        if name in ("extract", "run"):
+            add_model_args(p, weights_help="hub id, local file or folder, or 'none' for random weights")
+            p.add_argument("--features", choices=("cls", "ms", "proj"), default="cls",
+                           help="cls: 1024-d CLS (TRIDENT); ms: 2048-d multi-scale; proj: head + normalised "
+                                "(default: %(default)s)")  # fmt: skip
+        if name in ("extract", "run", "heatmap"):
+            add_runtime_args(p)
+        if name in ("run", "heatmap"):
+            _add_zeroshot_args(p, required=name == "heatmap")
+        p.set_defaults(run=run, stage=name)
+
+
+def _add_job_args(p: argparse.ArgumentParser, slides_required: bool) -> None:
+    p.add_argument("--slides", nargs="+", required=slides_required,
+                   help="a folder of slides, a CSV with a 'path' (and optional 'mpp') column, or slide files"
+                        + ("" if slides_required else " (default: those of the job)"))  # fmt: skip
+    p.add_argument("--job_dir", required=True, help="where every output and the status go (resumable)")
+    if slides_required:  # (the heatmap stage keeps the job's)
+        p.add_argument("--mpp", type=float, default=None, help="microns per level-0 pixel, overriding metadata")
+
+
+def _add_segment_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tissue segmentation")
+    g.add_argument("--thumbnail_size", type=int, default=2048, help="longer side (default: %(default)s)")
+    g.add_argument("--min_saturation", type=float, default=0.08, help="tissue floor (default: %(default)s)")
+    g.add_argument("--min_area_um2", type=float, default=20_000, help="smallest tissue piece (default: %(default)s)")
+    g.add_argument("--max_hole_um2", type=float, default=5_000, help="holes filled up to (default: %(default)s)")
+
+
+def _add_patch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("patching")
+    g.add_argument("--mag", type=float, default=20.0, help="target magnification (default: %(default)s)")
+    g.add_argument("--target_mpp", type=float, default=None, help="target microns per pixel (instead of --mag)")
+    g.add_argument("--patch_size", type=int, default=384, help="pixels at the target (default: %(default)s)")
+    g.add_argument("--overlap", type=int, default=0, help="pixels at the target (default: %(default)s)")
+    g.add_argument("--min_tissue", type=float, default=0.5, help="tissue fraction per patch (default: %(default)s)")
+
+
+def _add_zeroshot_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("zero-shot tissue map")
+    g.add_argument("--classes", nargs="+", required=required, default=[], help="class names, e.g. tumor stroma")
+    g.add_argument("--templates", nargs="+", default=list(DEFAULT_TEMPLATES), help="prompts with {} for the class")
+    g.add_argument("--tokenizer", default=None, help="tokenizer.spm (default: beside local weights, else the hub)")
+
+
+def job_config(args: argparse.Namespace):
+    """The :class:`musk.wsi.WsiJobConfig` of parsed arguments."""
+    from ..wsi.job import JOB_SETTINGS, WsiJobConfig
+
+    values = {f.name: getattr(args, f.name) for f in fields(WsiJobConfig) if hasattr(args, f.name)}
+    if hasattr(args, "mag"):
+        values["magnification"] = None if args.target_mpp is not None else args.mag
+    if str(values.get("weights", "")).lower() in _NO_WEIGHTS:
+        values["weights"] = None
+    values["progress"] = show_progress()
+    if args.stage == "heatmap":  # everything but the classes and the runtime comes from the job
+        saved = _saved(Path(args.job_dir))["config"]
+        values |= {k: saved[k] for k in (*JOB_SETTINGS, "model", "weights", "cache_dir", "features") if k in saved}
+    if values.get("classes") and values.get("weights") is not None:  # tokenizer.spm beside local weights
+        found = tokenizer_source(values.get("tokenizer"), values["weights"])
+        values["tokenizer"] = str(found) if found is not None else None
+    return WsiJobConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..wsi.job import run_wsi_job
+
+    if args.stage == "run":
+        stages = ("heatmap",) if args.classes else ("extract",)
+    else:
+        stages = (args.stage,)
+    slides = args.slides or _saved(Path(args.job_dir))["slides"]
+    result = run_wsi_job(slides, args.job_dir, job_config(args), stages)
+    print(json.dumps(result.summary, indent=2))
+    return 1 if result.failed else 0
+
+
+def _saved(job_dir: Path) -> dict:
+    config = job_dir / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{job_dir} holds no job (no config.json): run `musk wsi extract` first")
+    return json.loads(config.read_text())

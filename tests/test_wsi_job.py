@@ -1,0 +1,216 @@
+"""musk wsi jobs end to end: the real slide, a synthetic pyramid, glass, a corrupt file and a slide without mpp
+through every stage with the tiny model; resuming, refusing changed settings, the CLI."""
+
+import csv
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from musk import get_transform
+from musk.cli import main
+from musk.tokenizer import MuskTokenizer
+from musk.wsi.h5 import read_patch_file
+from musk.wsi.job import WsiJobConfig, run_wsi_job
+from musk.wsi.patching import plan_patches
+from musk.wsi.readers import open_slide
+from musk.wsi.tissue import TissueMask
+from musk.zeroshot import class_embeddings, probabilities, zero_shot_classify
+from wsi_synthetic import slide_pixels, write_pyramid
+
+TINY = "musk_tiny_patch16_64"
+SQUARES = [(256, 256, 1024, 1024), (1280, 512, 1792, 1280)]
+CLASSES = ["tumor", "stroma"]
+
+
+@pytest.fixture(autouse=True)
+def _drop_cli_log_handler():
+    log = logging.getLogger("musk")
+    yield
+    log.handlers.clear()
+    log.setLevel(logging.NOTSET)
+    log.propagate = True
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(weights file, the model saved in it)."""
+    torch.manual_seed(3)
+    model = timm.create_model(TINY).eval()
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory, sample_slide):
+    folder = tmp_path_factory.mktemp("slides")
+    shutil.copy(sample_slide, folder / "cmu.svs")
+    write_pyramid(folder / "s40.tif", slide_pixels((2048, 1536), SQUARES), mpp=0.25, levels=3)
+    write_pyramid(folder / "glass.tif", slide_pixels((1024, 768), []), mpp=0.5, levels=2)
+    write_pyramid(folder / "nompp.tif", slide_pixels((1024, 768), [(256, 256, 768, 768)], seed=2), mpp=None, levels=2)
+    (folder / "corrupt.svs").write_bytes(b"II*\x00" + bytes(range(256)) * 40)
+    (folder / "notes.txt").write_text("not a slide")
+    return folder
+
+
+def job_args(slides, job_dir, weights, *extra):
+    common = ["--model", TINY, "--weights", str(weights), "--patch_size", "256", "--batch_size", "8", "--device", "cpu"]
+    return ["wsi", "run", "--slides", str(slides), "--job_dir", str(job_dir), *common, *extra]
+
+
+def read_status(job_dir):
+    with open(job_dir / "status.csv", newline="") as f:
+        return {row["slide"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def finished_job(tmp_path_factory, slides, tiny, tokenizer_file):
+    job_dir = tmp_path_factory.mktemp("job")
+    status = main(job_args(slides, job_dir, tiny[0], "--classes", *CLASSES, "--tokenizer", str(tokenizer_file)))
+    logging.getLogger("musk").handlers.clear()
+    return job_dir, status
+
+
+def test_mixed_folder_ends_with_the_right_status_for_each_slide(finished_job):
+    job_dir, status = finished_job
+    assert status == 1  # some slides failed
+    rows = read_status(job_dir)
+    assert list(rows) == ["cmu", "corrupt", "glass", "nompp", "s40"]  # sorted; notes.txt is not a slide
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "cmu": "done", "corrupt": "failed", "glass": "done", "nompp": "failed", "s40": "done",
+    }  # fmt: skip
+    assert "corrupt.svs" in rows["corrupt"]["error"] and "SlideError" in rows["corrupt"]["error"]
+    assert "--mpp" in rows["nompp"]["error"]
+    assert rows["glass"]["patches"] == "0" and rows["s40"]["patches"] == "1"  # 512 level-0 px: one fits a square
+    summary = json.loads((job_dir / "summary.json").read_text())
+    assert summary["status"] == {"done": 3, "failed": 2} and summary["world_size"] == 1
+    assert summary["patches"] == sum(int(r["patches"]) for r in rows.values() if r["status"] == "done")
+    config = json.loads((job_dir / "config.json").read_text())
+    assert config["settings"]["patch"]["patch_size"] == 256 and config["weights"]["sha256"]
+    assert not list(job_dir.rglob(".*partial*"))  # no temporary file left behind
+
+
+def test_feature_files_match_the_geometry_and_the_model(finished_job, slides, tiny):
+    job_dir, _ = finished_job
+    _, model = tiny
+    for name, suffix in (("cmu", ".svs"), ("s40", ".tif")):
+        features = read_patch_file(job_dir / "features" / f"{name}.h5")
+        patches = read_patch_file(job_dir / "patches" / f"{name}.h5")
+        np.testing.assert_array_equal(features.coords, patches.coords)
+        with open_slide(slides / f"{name}{suffix}") as reader:
+            tissue = TissueMask.load(job_dir / "masks" / f"{name}.png", reader.dimensions)
+            grid = plan_patches(reader, tissue, patch_size=256, magnification=20)
+            np.testing.assert_array_equal(features.coords, grid.coords)
+            # the first patches, read and preprocessed by hand, through the model
+            images = []
+            for x, y in grid.coords[:3]:
+                patch = reader.read_region((x, y), grid.level, (grid.read_size, grid.read_size))
+                patch = patch.resize((256, 256), Image.Resampling.BICUBIC, reducing_gap=None)
+                images.append(get_transform(model)(patch))
+        want = model.encode_image(torch.stack(images), with_head=False, normalize=False)
+        np.testing.assert_allclose(features.features[:3], want.detach().numpy(), rtol=1e-4, atol=1e-5)
+        attrs = features.attrs
+        assert attrs["feature_kind"] == "cls" and attrs["encoder"] == TINY and attrs["patch_size"] == 256
+        assert attrs["level0_mpp"] == reader.mpp and attrs["patch_size_level0"] == grid.patch_size_level0
+        assert features.features.shape == (len(grid.coords), 64) and features.features.dtype == np.float32
+    glass = read_patch_file(job_dir / "features" / "glass.h5")
+    assert glass.coords.shape == (0, 2) and glass.features.shape == (0, 64)
+    s40 = read_patch_file(job_dir / "features" / "s40.h5")
+    assert s40.attrs["patch_level"] == 1 and s40.attrs["level0_magnification"] == 40  # read from the 20x level
+    assert not (job_dir / "features" / "corrupt.h5").exists()
+
+
+def test_zero_shot_map_matches_direct_classification(finished_job, slides, tiny, tokenizer_file):
+    job_dir, _ = finished_job
+    _, model = tiny
+    data = read_patch_file(job_dir / "features" / "cmu.h5")
+    probs = data.arrays["zeroshot_probabilities"]
+    assert json.loads(data.attrs["zeroshot_classes"]) == CLASSES
+    assert probs.shape == (len(data), 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    with open_slide(slides / "cmu.svs") as reader:
+        images = torch.stack([get_transform(model)(reader.read_region(xy, 0, (256, 256))) for xy in data.coords[:4]])
+    direct = zero_shot_classify(model, MuskTokenizer(tokenizer_file), images, CLASSES)
+    np.testing.assert_allclose(probs[:4], direct.numpy(), atol=2e-4)
+    for png in ("00_tumor.png", "01_stroma.png"):
+        with (
+            Image.open(job_dir / "heatmaps" / "s40" / png) as heatmap,
+            Image.open(job_dir / "thumbnails" / "s40.png") as thumb,
+        ):
+            assert heatmap.size == thumb.size
+            changed = (np.asarray(heatmap.convert("RGB")) != np.asarray(thumb.convert("RGB"))).any(axis=2)
+            assert changed[700, 700] and not changed[50, 50]  # tinted on the one tissue patch only
+    assert (job_dir / "contours" / "cmu.png").is_file() and (job_dir / "heatmaps" / "glass" / "00_tumor.png").is_file()
+
+
+def test_rerun_skips_finished_slides_and_csv_mpp_rescues_a_slide(finished_job, slides, tiny, tmp_path):
+    job_dir, _ = finished_job
+    copy = tmp_path / "job"
+    shutil.copytree(job_dir, copy)
+    before = {p: p.stat().st_mtime_ns for p in (copy / "features").glob("*.h5")}
+    table = tmp_path / "slides.csv"
+    table.write_text(f"path,mpp\n{slides / 'cmu.svs'},\n{slides / 's40.tif'},\n{slides / 'nompp.tif'},0.5\n")
+    assert main(job_args(table, copy, tiny[0])) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing redone
+    rows = read_status(copy)
+    assert list(rows) == ["cmu", "s40", "nompp"] and {r["status"] for r in rows.values()} == {"done"}
+    rescued = read_patch_file(copy / "features" / "nompp.h5")
+    assert rescued.attrs["level0_mpp"] == 0.5 and len(rescued) == 2 * 2  # 512 px of tissue, 256 px patches
+
+
+def test_changed_settings_are_refused(finished_job, slides, tiny, tmp_path, capsys):
+    job_dir, _ = finished_job
+    copy = tmp_path / "job"
+    shutil.copytree(job_dir, copy)
+    assert main(job_args(slides, copy, tiny[0], "--mag", "10")) == 2
+    assert "magnification: 20.0 then, 10.0 now" in capsys.readouterr().err
+    assert main(job_args(slides, copy, tiny[0], "--features", "ms")) == 2
+    assert "features: 'cls' then, 'ms' now" in capsys.readouterr().err
+
+
+def test_stages_one_by_one_and_heatmap_from_the_job(slides, tiny, tmp_path, tokenizer_file, sample_slide):
+    job_dir = tmp_path / "job"
+    base = ["--slides", str(slides / "s40.tif"), "--job_dir", str(job_dir)]
+    assert main(["wsi", "segment", *base]) == 0
+    assert (job_dir / "masks" / "s40.png").is_file() and not (job_dir / "patches").exists()
+    assert main(["wsi", "patch", *base, "--patch_size", "128", "--mag", "40"]) == 0
+    assert len(read_patch_file(job_dir / "patches" / "s40.h5")) == 6 * 6 + 4 * 6
+    extract = ["--model", TINY, "--weights", str(tiny[0]), "--device", "cpu", "--features", "ms"]
+    assert main(["wsi", "extract", *base, "--patch_size", "128", "--mag", "40", *extract]) == 0
+    ms = read_patch_file(job_dir / "features" / "s40.h5")
+    assert ms.features.shape == (60, 128) and ms.attrs["feature_kind"] == "ms"
+    heatmap = ["wsi", "heatmap", "--job_dir", str(job_dir), "--classes", *CLASSES, "--tokenizer", str(tokenizer_file)]
+    assert main([*heatmap, "--device", "cpu"]) == 0  # slides, geometry and model from the job
+    probs = read_patch_file(job_dir / "features" / "s40.h5").arrays["zeroshot_probabilities"]
+    # ms features: the head reads their scale-1 half, as encode_image(with_head=True, ms_aug=True) does
+    _, model = tiny
+    with torch.inference_mode():
+        head = torch.nn.functional.normalize(model.vision_head(torch.from_numpy(ms.features[:, :64])), dim=-1)
+    want = probabilities(model, head, class_embeddings(model, MuskTokenizer(tokenizer_file), CLASSES))
+    np.testing.assert_allclose(probs, want.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(ms.features, read_patch_file(job_dir / "features" / "s40.h5").features)
+
+
+def test_library_call_returns_records(slides, tiny, tmp_path):
+    config = WsiJobConfig(model=TINY, weights=str(tiny[0]), patch_size=128, features="proj", device="cpu")
+    result = run_wsi_job([slides / "glass.tif", slides / "missing.svs"], tmp_path / "job", config)
+    assert [r["status"] for r in result.records] == ["done", "failed"]
+    assert result.failed == ["missing"] and "missing.svs" in result.records[1]["error"]
+
+
+def test_leftovers_of_a_killed_run_are_removed_and_others_kept(slides, tmp_path):
+    job_dir = tmp_path / "job"
+    (job_dir / "features").mkdir(parents=True)
+    mine = job_dir / "features" / ".glass.h5.0123abcd.partial.h5"
+    other = job_dir / "features" / ".glass.b.h5.0123abcd.partial.h5"  # a slide named "glass.b", in flight
+    mine.write_bytes(b"half")
+    other.write_bytes(b"half")
+    config = WsiJobConfig(model=TINY, weights=None, patch_size=128, device="cpu")
+    assert run_wsi_job([slides / "glass.tif"], job_dir, config).failed == []
+    assert not mine.exists() and other.exists()
