@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..mixed_precision import accelerate_mixed_precision
 from ..outputs import provenance, write_json
 from .batching import BatchStream, StreamPosition, make_loader
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -54,16 +55,6 @@ class TrainResult:
     steps: int
     checkpoint: Path
     last_metrics: dict
-
-
-def _mixed_precision(precision: str, cpu: bool) -> str:
-    if precision == "fp32":
-        return "no"
-    if precision != "auto":
-        return precision
-    if cpu or not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def _total_steps(config: RunConfig, setup: StageSetup) -> int:
@@ -107,7 +98,7 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(cpu=config.cpu, mixed_precision=_mixed_precision(config.precision, config.cpu))
+    accelerator = Accelerator(cpu=config.cpu, mixed_precision=accelerate_mixed_precision(config.precision, config.cpu))
     set_seed(config.seed)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     if accelerator.distributed_type == "DEEPSPEED" and config.grad_accum > 1:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..mixed_precision import accelerate_mixed_precision
 from ..models import create_model
 from ..models.factory import DEFAULT_MODEL
 from ..models.loading import resolve_weights
@@ -106,16 +107,6 @@ class VQATrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _mixed_precision(precision: str, cpu: bool) -> str:
-    if precision == "fp32":
-        return "no"
-    if precision != "auto":
-        return precision
-    if cpu or not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def _loss(logits: torch.Tensor, labels: torch.Tensor, config: VQATrainConfig) -> torch.Tensor:
     logits = logits.float()
     if config.loss == "ce":
@@ -165,7 +156,7 @@ def train_vqa(
 
     accelerator = Accelerator(
         cpu=config.cpu,
-        mixed_precision=_mixed_precision(config.precision, config.cpu),
+        mixed_precision=accelerate_mixed_precision(config.precision, config.cpu),
         gradient_accumulation_steps=config.grad_accum,
     )
     set_seed(config.seed)
