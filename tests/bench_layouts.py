@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from musk.bench.datasets.skin import CLASSES as SKIN_CLASSES
+
 RNG = np.random.default_rng(0)
 
 
@@ -43,26 +45,6 @@ def unitopatho_official(root: Path) -> Path:
             rows.append({"image_id": name, "top_label_name": c, "type": "x", "grade": 0})
         pd.DataFrame(rows).to_csv(base / "800" / f"{split}.csv", index=False)
     return base
-
-
-SKIN_CLASSES = [
-    "nontumor_skin_necrosis_necrosis",
-    "nontumor_skin_muscle_skeletal",
-    "nontumor_skin_sweatglands_sweatglands",
-    "nontumor_skin_vessel_vessel",
-    "nontumor_skin_elastosis_elastosis",
-    "nontumor_skin_chondraltissue_chondraltissue",
-    "nontumor_skin_hairfollicle_hairfollicle",
-    "nontumor_skin_epidermis_epidermis",
-    "nontumor_skin_nerves_nerves",
-    "nontumor_skin_subcutis_subcutis",
-    "nontumor_skin_dermis_dermis",
-    "nontumor_skin_sebaceousglands_sebaceousglands",
-    "tumor_skin_epithelial_sqcc",
-    "tumor_skin_melanoma_melanoma",
-    "tumor_skin_epithelial_bcc",
-    "tumor_skin_naevus_naevus",
-]
 
 
 def skin(root: Path, per_class: int = 1) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -71,3 +72,22 @@ def sample_slide() -> Path:
 def large_random_state(make_checkpoint):
     """``random_state_dict("large", 0)``: the published key layout with seed-0 random values (numpy)."""
     return make_checkpoint.random_state_dict("large", 0)
+
+
+@pytest.fixture(autouse=True)
+def _drop_cli_log_handler():
+    """``musk.cli.main`` points the ``musk`` logger at the stderr of its moment (capsys's): undo that afterwards."""
+    yield
+    log = logging.getLogger("musk")
+    log.handlers.clear()
+    log.setLevel(logging.NOTSET)
+    log.propagate = True
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; one thread keeps their runs steady on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

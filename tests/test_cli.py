@@ -6,7 +6,6 @@ import csv
 import hashlib
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -31,16 +30,6 @@ from test_loading import fake_hub_cache, hub_error
 TINY = "musk_tiny_patch16_64"
 CLASSES = ["lung adenocarcinoma", "benign lung tissue", "lung squamous cell carcinoma"]
 ACCESS_HELP = "request access at https://huggingface.co/xiangjx/musk"
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler():
-    """``main`` points the ``musk`` logger at the stderr of its moment (capsys's): undo that afterwards."""
-    log = logging.getLogger("musk")
-    yield
-    log.handlers.clear()
-    log.setLevel(logging.NOTSET)
-    log.propagate = True
 
 
 @pytest.fixture(scope="module")

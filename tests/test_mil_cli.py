@@ -7,22 +7,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from mil_cohorts import classification_cohort, survival_cohort
 from musk.cli import main
 from musk.wsi.h5 import read_patch_file
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 QUICK = ["--folds", "3", "--hidden", "64", "--epochs", "25", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _results(output_dir) -> dict:

@@ -7,22 +7,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from mil_cohorts import classification_cohort, survival_cohort
 from musk.mil import MILTrainConfig, load_mil_models, patch_attention, save_report_embeddings, train_mil
 from musk.wsi.h5 import read_patch_file
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = {"folds": 3, "hidden": 64, "epochs": 30, "device": "cpu"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models: one thread is faster than several fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

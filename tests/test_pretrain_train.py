@@ -19,16 +19,9 @@ from musk.pretrain.retrieval import retrieval_recall
 from musk.pretrain.vqkd import load_visual_tokenizer
 from pretrain_synthetic import make_corpus, make_images, make_pairs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 pytest.importorskip("accelerate")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model gains nothing from threads; one thread keeps these runs steady on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -29,15 +29,6 @@ SQUARES = [(256, 256, 1024, 1024), (1280, 512, 1792, 1280)]
 CLASSES = ["tumor", "stroma"]
 
 
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler():
-    log = logging.getLogger("musk")
-    yield
-    log.handlers.clear()
-    log.setLevel(logging.NOTSET)
-    log.propagate = True
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(weights file, the model saved in it)."""
