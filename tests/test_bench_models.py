@@ -204,3 +204,49 @@ def test_model_lists_and_output_placeholders(tmp_path):
         3,
     )
     assert str(path) == "out/open_clip_hf-hub_a_b_hf_hub_xiangjx_musk_pannuke_linear_probe_8_3.json"
+
+
+def _tiny_hf_clip(folder):
+    """A random transformers CLIPModel (width 32) with a character-level tokenizer, saved as a hub folder is."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder.mkdir()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    size = {"shortest_edge": 32}, {"height": 32, "width": 32}
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size=size[0], crop_size=size[1]),
+        tokenizer=CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")),
+    )
+    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={**layers, "vocab_size": len(vocab), "max_position_embeddings": 32},
+        vision_config={**layers, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    model = CLIPModel(config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor
+
+
+def test_transformers_clip_adapter_equals_the_model_itself(tmp_path, tiles):
+    pytest.importorskip("transformers", reason="the hf_clip adapter needs transformers (in the [dev] extra)")
+    model, processor = _tiny_hf_clip(tmp_path / "hf")
+    adapter = load_adapter(f"hf_clip:{tmp_path / 'hf'}", "")
+    data = load_dataset("folder", tiles, "test")
+    images = [musk.load_image(p) for p in data.images.paths[:3]]
+    texts = ["a tumor", "normal tissue"]
+    got_images = adapter.encode_images(torch.stack([adapter.transform(i) for i in images]), "proj")
+    got_texts = adapter.encode_texts(texts)
+    with torch.inference_mode():
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        ids = processor.tokenizer(texts, padding=True, return_tensors="pt")
+        image_out, text_out = model.get_image_features(pixel_values=pixels), model.get_text_features(**ids)
+    want_images, want_texts = (o if isinstance(o, torch.Tensor) else o.pooler_output for o in (image_out, text_out))
+    torch.testing.assert_close(got_images, torch.nn.functional.normalize(want_images, dim=-1))
+    torch.testing.assert_close(got_texts, torch.nn.functional.normalize(want_texts, dim=-1))
+    assert got_images.shape == (3, 16) and adapter.identity()["model"] == f"hf_clip:{tmp_path / 'hf'}"

@@ -160,6 +160,12 @@ class OpenClipAdapter(ModelAdapter):
         return F.normalize(self.module.encode_text(ids).float(), dim=-1)
 
 
+def _projected(output) -> torch.Tensor:
+    """The projected embeddings of ``get_image_features``/``get_text_features``: transformers 4 returns the
+    tensor, transformers 5 an output object whose ``pooler_output`` holds it."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
 class HFClipAdapter(ModelAdapter):
     """A transformers ``CLIPModel`` (PLIP and others published in that format)."""
 
@@ -180,16 +186,15 @@ class HFClipAdapter(ModelAdapter):
 
     @torch.inference_mode()
     def encode_images(self, images, kind, ms_aug=False):
-        return F.normalize(
-            self.module.get_image_features(pixel_values=images.to(self.device, self.dtype)).float(), dim=-1
-        )
+        output = self.module.get_image_features(pixel_values=images.to(self.device, self.dtype))
+        return F.normalize(_projected(output).float(), dim=-1)
 
     @torch.inference_mode()
     def encode_texts(self, texts):
         batch = self._processor.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(
             self.device
         )
-        return F.normalize(self.module.get_text_features(**batch).float(), dim=-1)
+        return F.normalize(_projected(self.module.get_text_features(**batch)).float(), dim=-1)
 
 
 class TimmAdapter(ModelAdapter):
