@@ -12,13 +12,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 from sklearn.metrics import balanced_accuracy_score
 
 import bench_layouts as layouts
 import musk
 from musk.bench.results import read_records
 from musk.cli import main
+from weights_file import save_weights
 
 UPSTREAM_KEYS = {"dataset", "model", "pretrained", "task", "metrics", "config", "seed", "n_samples", "package_version"}
 
@@ -29,7 +29,7 @@ def workdir(tmp_path_factory, tokenizer_file):
     root = tmp_path_factory.mktemp("bench")
     torch.manual_seed(0)
     model = musk.create_model("musk_tiny_patch16_64")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "tiny.safetensors")
+    save_weights(model, root / "tiny.safetensors")
     shutil.copy(tokenizer_file, root / "tokenizer.spm")
     (root / "models.txt").write_text(f"musk_tiny_patch16_64,{root / 'tiny.safetensors'}\n")
     demo = root / "downstreams_demo"

@@ -7,19 +7,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import bench_layouts as layouts
 import musk
 from musk.bench import BenchConfig, FeatureStore, load_adapter, load_dataset, parse_models, run_benchmark
 from musk.bench.results import read_records
 from musk.bench.runner import output_path
+from weights_file import save_weights
 
 
 def _checkpoint(path, seed):
     torch.manual_seed(seed)
     model = musk.create_model("musk_tiny_patch16_64")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    save_weights(model, path)
     return path
 
 
@@ -146,7 +146,7 @@ def test_timm_adapter_runs_the_image_tasks_and_refuses_text_tasks(tmp_path, tile
 
     torch.manual_seed(0)
     encoder = timm.create_model("test_vit", num_classes=0)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp_path / "vit.safetensors")
+    save_weights(encoder, tmp_path / "vit.safetensors")
     model = ("timm:test_vit", str(tmp_path / "vit.safetensors"))
     adapter = load_adapter(*model)
     data = load_dataset("folder", tiles, "test")
@@ -169,7 +169,7 @@ def test_timm_adapter_runs_the_image_tasks_and_refuses_text_tasks(tmp_path, tile
         )
     assert {r["task"] for r in read_records(tmp_path / "timm.json")} == {"image_retrieval", "knn", "linear_probe"}
     state = {**encoder.state_dict(), "blocks.0.ls1.gamma": torch.ones(8), "head.weight": torch.zeros(2, 8)}
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "other.safetensors")
+    save_weights(state, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match=r"blocks\.0\.ls1\.gamma"):  # the classifier head alone is fine
         load_adapter("timm:test_vit", str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="no text encoder"):

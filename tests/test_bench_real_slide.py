@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 import musk
 from musk.bench.results import read_records
 from musk.cli import main
+from weights_file import save_weights
 
 TILE = 128
 SATURATION = 40  # mean HSV saturation (0-255) above which a tile is tissue; glass is below 15 on this slide
@@ -48,7 +48,7 @@ def test_real_slide_tiles_through_every_image_task(task, sample_slide, tokenizer
         _cut_tiles(sample_slide, root / "tiles")
         torch.manual_seed(0)
         model = musk.create_model("musk_tiny_patch16_64")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "tiny.safetensors")
+        save_weights(model, root / "tiny.safetensors")
         shutil.copy(tokenizer_file, root / "tokenizer.spm")
     output = root / f"{task}.json"
     argv = [

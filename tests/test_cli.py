@@ -18,7 +18,6 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 import musk
 from conftest import shared_path
@@ -26,6 +25,7 @@ from musk.cli import main
 from musk.models import WeightsUnavailableError
 from musk.tokenizer import MuskTokenizer
 from test_loading import fake_hub_cache, hub_error
+from weights_file import save_weights
 
 TINY = "musk_tiny_patch16_64"
 CLASSES = ["lung adenocarcinoma", "benign lung tissue", "lung squamous cell carcinoma"]
@@ -38,7 +38,7 @@ def source(tmp_path_factory):
     torch.manual_seed(7)
     model = timm.create_model(TINY).eval()
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    save_weights(model, str(path))
     return path, model
 
 
@@ -336,7 +336,7 @@ def test_folder_without_images(tmp_path, weights, capsys):
 
 def test_checkpoint_of_another_architecture_lists_keys(tmp_path, images, capsys):
     other = tmp_path / "vit.safetensors"
-    save_file(timm.create_model("vit_tiny_patch16_224", num_classes=0).state_dict(), str(other))
+    save_weights(timm.create_model("vit_tiny_patch16_224", num_classes=0), other)
     args = ["embed", images["grey"], "-o", tmp_path / "e.npz", "--model", TINY, "--weights", other]
     assert run(*args) == 2
     line = error_line(capsys, "embed")

@@ -11,11 +11,11 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from musk.cli import main
 from musk.wsi.h5 import read_patch_file
 from musk.wsi.readers import open_slide
+from weights_file import save_weights
 
 TINY = "musk_tiny_patch16_64"
 MPP = 0.499  # CMU-1-Small-Region's level-0 microns per pixel
@@ -43,7 +43,7 @@ def test_mil_trains_on_features_the_wsi_pipeline_extracted_from_the_real_slide(s
     crops = _cohort_slides(sample_slide, slides)
     torch.manual_seed(0)
     weights = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in timm.create_model(TINY).state_dict().items()}, str(weights))
+    save_weights(timm.create_model(TINY), str(weights))
     job = tmp_path / "job"
     model = ["--model", TINY, "--weights", str(weights), "--device", "cpu"]
     assert main(["wsi", "run", "--slides", str(slides), "--job_dir", str(job), "--mpp", str(MPP), "--patch_size", "128",

@@ -15,6 +15,7 @@ import torch
 
 import musk
 from musk.outputs import atomic_path, file_sha256, provenance, write_json
+from weights_file import save_weights
 
 
 class Boom(RuntimeError):
@@ -132,10 +133,8 @@ def test_file_sha256_of_a_hub_cache_file_is_its_blob_name(tmp_path):
 
 
 def test_provenance_records_config_versions_and_weights(tmp_path):
-    from safetensors.torch import save_file
-
     weights = tmp_path / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in timm.create_model("musk_tiny_patch16_64").state_dict().items()}, weights)
+    save_weights(timm.create_model("musk_tiny_patch16_64"), weights)
     config = {"model": "musk_tiny_patch16_64", "batch_size": 4}
     record = provenance(config, weights)
     assert record["config"] == config

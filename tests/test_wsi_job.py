@@ -11,7 +11,6 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from musk import get_transform
 from musk.cli import main
@@ -22,6 +21,7 @@ from musk.wsi.patching import plan_patches
 from musk.wsi.readers import open_slide
 from musk.wsi.tissue import TissueMask
 from musk.zeroshot import class_embeddings, probabilities, zero_shot_classify
+from weights_file import save_weights
 from wsi_synthetic import slide_pixels, write_pyramid
 
 TINY = "musk_tiny_patch16_64"
@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
     torch.manual_seed(3)
     model = timm.create_model(TINY).eval()
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    save_weights(model, str(path))
     return path, model
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
 
 from musk.wsi.h5 import read_patch_file
+from weights_file import save_weights
 from wsi_synthetic import slide_pixels, write_pyramid
 
 TINY = "musk_tiny_patch16_64"
@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
         write_pyramid(slides / f"{name}.tif", slide_pixels((2048, 1536), squares, seed=i), mpp=0.25, levels=3)
     torch.manual_seed(5)
     weights = root / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in timm.create_model(TINY).state_dict().items()}, str(weights))
+    save_weights(timm.create_model(TINY), str(weights))
     return slides, weights
 
 
