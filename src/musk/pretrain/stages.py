@@ -9,7 +9,7 @@ started from stage 1) -> :func:`musk.pretrain.export.export_weights`.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import timm
 import torch
@@ -105,13 +105,8 @@ def train_tokenizer(config: TokenizerConfig) -> TrainResult:
 
     def build(accelerator) -> StageSetup:
         teacher = build_teacher(config.teacher, config.teacher_weights, config.img_size)
-        vq_config = VQKDConfig(
-            img_size=config.img_size, patch_size=config.patch_size, encoder_dim=config.encoder_dim,
-            encoder_depth=config.encoder_depth, encoder_heads=config.encoder_heads,
-            decoder_depth=config.decoder_depth, codebook_size=config.codebook_size, code_dim=config.code_dim,
-            teacher_dim=teacher.num_features, ema_decay=config.ema_decay, commitment=config.commitment,
-            dead_code_threshold=config.dead_code_threshold,
-        )  # fmt: skip
+        architecture = {f.name: getattr(config, f.name) for f in fields(VQKDConfig) if f.name != "teacher_dim"}
+        vq_config = VQKDConfig(**architecture, teacher_dim=teacher.num_features)
         model = holder["model"] = _TokenizerTraining(VQKD(vq_config))
         source = image_source(config.images, config.shuffle_buffer)
         maker = ImageBatchMaker(_augment(config, config.img_size))
