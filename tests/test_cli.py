@@ -548,3 +548,22 @@ def test_info_reads_the_cache_dir_given(hub_cache, tmp_path, capsys):
     lines = info_lines(capsys)
     assert lines["hf cache"] == str(other)
     assert lines["weights hf_hub:xiangjx/musk"] == f"in the cache: {cached}"
+
+
+#: What the extras bring; the core install (``pip install musk-pathology``, ``make demo``) has none of them.
+EXTRA_MODULES = ["pandas", "sklearn", "matplotlib", "h5py", "openslide", "skimage", "scipy", "tifffile"]
+EXTRA_MODULES += ["accelerate", "webdataset", "sksurv", "lifelines", "open_clip", "pyarrow", "openpyxl"]
+
+
+def test_the_command_starts_with_only_the_core_installed():
+    """Every subcommand's parser builds without the extras, so ``musk zeroshot`` works on a core install."""
+    script = (
+        f"import sys\nfor m in {EXTRA_MODULES!r}:\n    sys.modules[m] = None\n"
+        "from musk.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
+    for argv in (["--help"], ["zeroshot", "--help"], ["bench", "eval", "--help"], ["wsi", "run", "--help"]):
+        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("usage: musk")
+        if argv == ["--help"]:
+            assert all(command in proc.stdout for command in ("bench", "wsi", "mil", "vqa", "pretrain"))

@@ -11,12 +11,15 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ..outputs import atomic_path
 from .results import all_records
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ KEY_COLUMNS = ["model", "pretrained", "dataset", "task", "fewshot_k", "seed", "n
 
 def records_table(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """One row per record: the run key and the scalar metrics (lists such as the confusion matrix left out)."""
+    import pandas as pd
+
     rows = []
     for record in all_records(paths):
         row = {key: record.get(key) for key in KEY_COLUMNS}
@@ -55,6 +60,8 @@ def headline_metric(task: str, table: pd.DataFrame) -> str:
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and seed count of each task's headline metric per (task, dataset, k, model)."""
+    import pandas as pd
+
     parts = []
     for task, rows in table.groupby("task", sort=True):
         metric = headline_metric(task, rows)

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, recall_score, roc_auc_score
 
 
 def classification_metrics(labels: np.ndarray, scores: np.ndarray, num_classes: int) -> dict:
     """Balanced accuracy, accuracy, top-5 accuracy (more than 5 classes), weighted F1, per-class recall and the
     confusion matrix (rows: true class, columns: predicted) of ``scores`` (N, C) against ``labels`` (N,)."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, recall_score
+
     labels = np.asarray(labels, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(labels), num_classes):
@@ -47,6 +48,8 @@ def topk_accuracy(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
 
 def auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """ROC AUC: of class 1 for two classes, else one-vs-rest macro average; NaN when a class is absent."""
+    from sklearn.metrics import roc_auc_score
+
     labels = np.asarray(labels)
     num_classes = probabilities.shape[1]
     if len(np.unique(labels)) < num_classes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ..data import BenchData, DatasetLayoutError, FileImages
 from .layout import class_folders, require
@@ -46,6 +45,8 @@ def _csv_file(name: str, root: Path, split: str) -> Path:
 
 
 def load_csv(name: str, root: Path, split: str) -> BenchData:
+    import pandas as pd
+
     path = _csv_file(name, require(root, name, "CSV file or folder"), split)
     try:
         table = pd.read_csv(path)

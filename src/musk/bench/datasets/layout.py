@@ -6,12 +6,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ...images import IMAGE_EXTENSIONS
 from ..data import DatasetLayoutError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def require(path: Path, dataset: str, what: str = "file") -> Path:
@@ -28,6 +31,8 @@ def check_split(dataset: str, split: str, allowed: Sequence[str]) -> None:
 
 def read_table(path: Path, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
     """A CSV file that must have ``columns``."""
+    import pandas as pd
+
     require(path, dataset)
     try:
         table = pd.read_csv(path)
@@ -41,6 +46,8 @@ def read_table(path: Path, dataset: str, columns: Sequence[str]) -> pd.DataFrame
 
 def read_excel(path: Path, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
     """An .xlsx sheet that must have ``columns`` (pandas reads it with openpyxl)."""
+    import pandas as pd
+
     require(path, dataset)
     try:
         table = pd.read_excel(path)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import balanced_accuracy_score
 
 from ..data import BenchData
 from ..features import FeatureStore
@@ -74,6 +73,8 @@ def predict_proba(probe: torch.nn.Linear, features: np.ndarray) -> np.ndarray:
 
 def select_weight_decay(features, labels, num_classes, weight_decays, seed, **train) -> float:
     """The weight decay with the best balanced accuracy on a stratified 20 % hold-out."""
+    from sklearn.metrics import balanced_accuracy_score
+
     fit, val = holdout_split(labels, 0.2, seed)
     scores = []
     for wd in weight_decays:
