@@ -22,6 +22,7 @@ from ..outputs import provenance, write_json
 from .batching import BatchStream, StreamPosition, make_loader
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_dict
+from .distributed import evaluation_musk, is_sharded, make_accelerator, vector_scalars
 from .logs import RunLog
 from .optim import lr_factor, param_groups, set_lr
 
@@ -70,10 +71,11 @@ def _warmup_steps(config: RunConfig, total: int) -> int:
 
 
 def _evaluate(accelerator, model, evaluate, output_dir: Path, step: int) -> dict | None:
-    """Main process only (DDP and single-process runs: the whole model is on every process)."""
+    """On the main process, with the whole model (gathered there under FSDP); called on every process."""
     scores = None
-    if accelerator.is_main_process:
-        scores = evaluate(accelerator.unwrap_model(model).musk)
+    musk = evaluation_musk(accelerator, model)
+    if musk is not None:
+        scores = evaluate(musk)
         logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         _append_csv(output_dir / "eval.csv", {"step": step, **scores})
     accelerator.wait_for_everyone()
@@ -95,10 +97,9 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage: str) -> TrainResult:
     """Run (or resume) one pretraining stage: ``build(accelerator)`` gives its model and data."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(cpu=config.cpu, mixed_precision=accelerate_mixed_precision(config.precision, config.cpu))
+    accelerator = make_accelerator(config.cpu, accelerate_mixed_precision(config.precision, config.cpu))
     set_seed(config.seed)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     if accelerator.distributed_type == "DEEPSPEED" and config.grad_accum > 1:
@@ -108,6 +109,8 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
     output_dir = Path(config.output_dir)
     setup = build(accelerator)
     model = setup.model
+    if is_sharded(accelerator):
+        vector_scalars(model)  # FSDP flattens only parameters with a dimension
     if config.grad_checkpointing and hasattr(model, "musk"):
         model.musk.set_grad_checkpointing(True)
     optimizer = torch.optim.AdamW(
@@ -135,7 +138,8 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config_dict(config), sort_keys=False))
         record = provenance({"stage": stage, **config_dict(config)})
-        record.update(processes=world, mixed_precision=accelerator.mixed_precision, **setup.extra_provenance)
+        record.update(processes=world, distributed_type=accelerator.distributed_type.value,
+                      mixed_precision=accelerator.mixed_precision, **setup.extra_provenance)  # fmt: skip
         write_json(output_dir / "provenance.json", record)
     logger.info(
         "%s: steps %d..%d of %d (%d warm-up), %d samples per step, %d process(es), precision %s",

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from ..models import MUSK, CheckpointMismatchError, create_model
 from ..outputs import atomic_path, provenance, write_json
 from .checkpoint import TRAINER_STATE, latest_checkpoint
+from .distributed import restore_scalars
 
 __all__ = ["export_weights", "find_checkpoint", "load_musk_for_training", "musk_state_from_checkpoint"]
 
@@ -72,6 +73,7 @@ def export_weights(
     with torch.device("meta"):
         reference = create_model(model)
     expected = reference.state_dict()
+    state = restore_scalars(state, expected)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
@@ -96,6 +98,6 @@ def load_musk_for_training(weights: str | os.PathLike | None, model: str, **kwar
         folder = Path(weights)
         if (folder / "checkpoints").is_dir() or (folder / TRAINER_STATE).is_file():
             musk = create_model(model, **kwargs)
-            musk.load_state_dict(musk_state_from_checkpoint(folder), strict=True)
+            musk.load_state_dict(restore_scalars(musk_state_from_checkpoint(folder), musk.state_dict()), strict=True)
             return musk.train()
     return create_model(model, pretrained=weights, **kwargs).train()
