@@ -67,4 +67,9 @@ def load_checkpoint(accelerator, directory: str | os.PathLike) -> dict:
     accelerator.load_state(str(directory))
     state = json.loads(state_file.read_text())
     logger.info("resumed from %s (step %d)", directory, state["step"])
+    if accelerator.distributed_type == "FSDP":
+        logger.warning(
+            "resuming under FSDP restores the model and optimizer, but the losses after it were measured to drift "
+            "from those of an uninterrupted run (see docs/pretrain.md, Limits)"
+        )
     return state

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,28 +22,45 @@ __all__ = ["export_weights", "find_checkpoint", "load_musk_for_training", "musk_
 logger = logging.getLogger(__name__)
 
 _MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fsdp.bin")
+_SHARDED = "pytorch_model_fsdp_0"  # FSDP SHARDED_STATE_DICT: a torch.distributed.checkpoint folder
 _PREFIX = "musk."
 
 
 def find_checkpoint(source: str | os.PathLike) -> Path:
     """A checkpoint folder: ``source`` itself, or the newest one of a run's output folder."""
     source = Path(source)
-    if any((source / name).is_file() for name in _MODEL_FILES):
+    if any((source / name).is_file() for name in _MODEL_FILES) or (source / _SHARDED).is_dir():
         return source
     found = latest_checkpoint(source / "checkpoints")
     if found is None:
         raise FileNotFoundError(
-            f"{source} is neither a checkpoint folder (with {' or '.join(_MODEL_FILES)}) nor a run output folder "
-            f"with checkpoints/step_*; FSDP/DeepSpeed shards: merge them first (`accelerate merge-weights`)"
+            f"{source} is neither a checkpoint folder (with {' or '.join(_MODEL_FILES)} or {_SHARDED}/) nor a run "
+            f"output folder with checkpoints/step_*"
         )
     return found
+
+
+def _load_sharded(folder: Path) -> dict[str, torch.Tensor]:
+    """The whole state dict of an FSDP ``SHARDED_STATE_DICT`` checkpoint, merged in this process."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = Path(tmp) / "merged.pt"
+        dcp_to_torch_save(folder, merged)
+        state = torch.load(merged, map_location="cpu", weights_only=True)
+    return state["model"] if set(state) == {"model"} else state  # accelerate saves {"model": state_dict}
 
 
 def musk_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The ``musk.*`` tensors of a training checkpoint, renamed to the published keys."""
     checkpoint = find_checkpoint(checkpoint)
-    path = next(checkpoint / n for n in _MODEL_FILES if (checkpoint / n).is_file())
-    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+    files = [checkpoint / n for n in _MODEL_FILES if (checkpoint / n).is_file()]
+    if files:
+        path = files[0]
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+    else:
+        path = checkpoint / _SHARDED
+        state = _load_sharded(path)
     musk = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
     if not musk:
         raise CheckpointMismatchError(f"{path} holds no MUSK weights (no keys starting with {_PREFIX!r})")

@@ -21,6 +21,7 @@ from .batching import BatchStream
 from .collate import ImageBatchMaker, PairBatchMaker, TextBatchMaker, TextWindows
 from .config import ContrastiveConfig, MimConfig, RunConfig, TokenizerConfig
 from .data import TextSource, image_source, pair_source
+from .distributed import is_sharded
 from .engine import StageSetup, TrainResult, train_stage
 from .export import load_musk_for_training
 from .masking import BlockMaskGenerator, WholeWordMasker, word_start_table
@@ -104,6 +105,9 @@ def train_tokenizer(config: TokenizerConfig) -> TrainResult:
     holder: dict = {}
 
     def build(accelerator) -> StageSetup:
+        if is_sharded(accelerator):  # its weights are saved from this process's module, which FSDP shards
+            raise ValueError("stage 0 (the visual tokenizer) runs on one process or under DDP, not FSDP: launch it "
+                             "with a multi-GPU config such as docs/accelerate/8gpu.yaml")  # fmt: skip
         teacher = build_teacher(config.teacher, config.teacher_weights, config.img_size)
         architecture = {f.name: getattr(config, f.name) for f in fields(VQKDConfig) if f.name != "teacher_dim"}
         vq_config = VQKDConfig(**architecture, teacher_dim=teacher.num_features)
