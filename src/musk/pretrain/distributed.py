@@ -15,7 +15,14 @@ from torch import nn
 
 from ..models import MUSK
 
-__all__ = ["evaluation_musk", "is_sharded", "make_accelerator", "restore_scalars", "vector_scalars"]
+__all__ = [
+    "adapt_to_sharding",
+    "evaluation_musk",
+    "is_sharded",
+    "make_accelerator",
+    "restore_scalars",
+    "vector_scalars",
+]
 
 _PREFIX = "musk."  # where the pretraining models hold their MUSK
 
@@ -27,33 +34,39 @@ def _flag(name: str) -> bool:
 def make_accelerator(cpu: bool, mixed_precision: str):
     """An ``Accelerator`` whose distributed type is the one the launcher asked for (FSDP also on CPU)."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
     if _flag("ACCELERATE_USE_FSDP") and (cpu or not torch.cuda.is_available()):
         _check_fsdp_on_cpu(cpu, mixed_precision)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    if _flag("ACCELERATE_USE_DEEPSPEED") and cpu and not torch.cuda.is_available():
+        # accelerate takes DeepSpeed for a GPU run only (cpu=False); DeepSpeed's CPU accelerator with gloo
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        gloo = InitProcessGroupKwargs(backend="gloo")
+        accelerator = Accelerator(cpu=False, mixed_precision=mixed_precision, kwargs_handlers=[gloo])
+    else:
+        accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:
-        raise RuntimeError(
+        raise ValueError(
             f"accelerate launch started {launched} processes but they did not join one run (accelerate found no "
             f"GPU to place them on): add --device cpu to train on CPU processes (gloo)"
         )
     kind = accelerator.distributed_type
     if _flag("ACCELERATE_USE_DEEPSPEED") and kind != DistributedType.DEEPSPEED:
-        raise RuntimeError(
+        raise ValueError(
             f"this launch asks for DeepSpeed but accelerate set up {kind.value} (accelerate uses DeepSpeed on "
             f"GPUs only, never with --device cpu): launch on GPUs, or use an FSDP or multi-GPU (DDP) config on CPU"
         )
     if _flag("ACCELERATE_USE_FSDP") and kind == DistributedType.MULTI_CPU:
         _fsdp_on_cpu(accelerator)
     elif _flag("ACCELERATE_USE_FSDP") and kind != DistributedType.FSDP:
-        raise RuntimeError(f"this launch asks for FSDP but accelerate set up {kind.value}")
+        raise ValueError(f"this launch asks for FSDP but accelerate set up {kind.value}")
     return accelerator
 
 
 def _check_fsdp_on_cpu(cpu: bool, mixed_precision: str) -> None:
     if not cpu:
-        raise RuntimeError("this FSDP launch found no GPU: add --device cpu to run FSDP on CPU processes (gloo)")
+        raise ValueError("this FSDP launch found no GPU: add --device cpu to run FSDP on CPU processes (gloo)")
     if mixed_precision != "no":
         raise ValueError("FSDP on CPU runs in fp32: use --precision fp32")
     if _flag("FSDP_SYNC_MODULE_STATES") or _flag("FSDP_CPU_RAM_EFFICIENT_LOADING"):
@@ -85,10 +98,22 @@ def is_sharded(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def adapt_to_sharding(accelerator, model: nn.Module, global_batch: int) -> None:
+    """What FSDP and DeepSpeed need before the optimizer is built (no-op otherwise): 0-dim parameters as
+    1-element vectors (both flatten parameters), and DeepSpeed told each process's micro-batch (accelerate
+    reads it from prepared data loaders, and the trainer prepares none)."""
+    kind = accelerator.distributed_type
+    if kind not in ("FSDP", "DEEPSPEED"):
+        return
+    vector_scalars(model)
+    if kind == "DEEPSPEED":
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        config["train_micro_batch_size_per_gpu"] = global_batch // accelerator.num_processes
+
+
 def vector_scalars(model: nn.Module) -> list[str]:
     """Turn every 0-dim parameter (MUSK's ``logit_scale``) into a 1-element vector, same value and
-    ``requires_grad``, as FSDP flattens only parameters with a dimension; the export turns them back.
-    Call before the optimizer is built. Returns the names changed."""
+    ``requires_grad`` (the export turns them back). Returns the names changed."""
     changed = []
     for name, param in list(model.named_parameters()):
         if param.ndim == 0:

@@ -22,7 +22,7 @@ from ..outputs import provenance, write_json
 from .batching import BatchStream, StreamPosition, make_loader
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_dict
-from .distributed import evaluation_musk, is_sharded, make_accelerator, vector_scalars
+from .distributed import adapt_to_sharding, evaluation_musk, make_accelerator
 from .logs import RunLog
 from .optim import lr_factor, param_groups, set_lr
 
@@ -109,8 +109,7 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
     output_dir = Path(config.output_dir)
     setup = build(accelerator)
     model = setup.model
-    if is_sharded(accelerator):
-        vector_scalars(model)  # FSDP flattens only parameters with a dimension
+    adapt_to_sharding(accelerator, model, setup.samples_per_step)
     if config.grad_checkpointing and hasattr(model, "musk"):
         model.musk.set_grad_checkpointing(True)
     optimizer = torch.optim.AdamW(

@@ -23,19 +23,20 @@ logger = logging.getLogger(__name__)
 
 _MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fsdp.bin")
 _SHARDED = "pytorch_model_fsdp_0"  # FSDP SHARDED_STATE_DICT: a torch.distributed.checkpoint folder
+_DEEPSPEED = "pytorch_model/mp_rank_00_model_states.pt"  # DeepSpeed ZeRO-1/2: the whole model under "module"
 _PREFIX = "musk."
 
 
 def find_checkpoint(source: str | os.PathLike) -> Path:
     """A checkpoint folder: ``source`` itself, or the newest one of a run's output folder."""
     source = Path(source)
-    if any((source / name).is_file() for name in _MODEL_FILES) or (source / _SHARDED).is_dir():
+    if any((source / name).is_file() for name in (*_MODEL_FILES, _DEEPSPEED)) or (source / _SHARDED).is_dir():
         return source
     found = latest_checkpoint(source / "checkpoints")
     if found is None:
         raise FileNotFoundError(
-            f"{source} is neither a checkpoint folder (with {' or '.join(_MODEL_FILES)} or {_SHARDED}/) nor a run "
-            f"output folder with checkpoints/step_*"
+            f"{source} is neither a checkpoint folder (with {', '.join(_MODEL_FILES)}, {_SHARDED}/ or {_DEEPSPEED}) "
+            f"nor a run output folder with checkpoints/step_*"
         )
     return found
 
@@ -58,6 +59,9 @@ def musk_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch
     if files:
         path = files[0]
         state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+    elif (checkpoint / _DEEPSPEED).is_file():
+        path = checkpoint / _DEEPSPEED
+        state = torch.load(path, map_location="cpu", weights_only=True)["module"]
     else:
         path = checkpoint / _SHARDED
         state = _load_sharded(path)
