@@ -1,7 +1,8 @@
-"""FSDP through `accelerate launch` on two CPU processes (gloo), with the committed docs/accelerate/fsdp.yaml
-adapted to CPU: the same loss trajectory and retrieval scores as one process with the same global batch, and
-FULL_STATE_DICT and SHARDED_STATE_DICT checkpoints that export to weights ``musk.create_model`` loads
-strictly, equal to the single process's."""
+"""FSDP and DeepSpeed ZeRO-2 through `accelerate launch` on two CPU processes (gloo), with the committed
+docs/accelerate/fsdp.yaml and deepspeed_zero2.yaml adapted to CPU: the same loss trajectory and retrieval
+scores as one process with the same global batch, and checkpoints (FSDP FULL_STATE_DICT and
+SHARDED_STATE_DICT, DeepSpeed) that export to weights ``musk.create_model`` loads strictly, equal to the
+single process's. A DeepSpeed run resumed from its checkpoint continues the uninterrupted losses."""
 
 from __future__ import annotations
 
@@ -42,17 +43,22 @@ def _run(cmd: list[str], env: dict = ENV) -> subprocess.CompletedProcess:
     return proc
 
 
-def _fsdp(tmp_path: Path, state_dict_type: str, args: list[str]) -> subprocess.CompletedProcess:
-    """``accelerate launch`` with docs/accelerate/fsdp.yaml on 2 CPU processes (fp32; no module-state sync,
-    which accelerate does through a GPU)."""
-    config = yaml.safe_load((REPO / "docs" / "accelerate" / "fsdp.yaml").read_text())
+def _launch(tmp_path: Path, example: str, args: list[str], **settings) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with docs/accelerate/<example> on 2 CPU processes in fp32, ``settings``
+    updating its ``fsdp_config`` or ``deepspeed_config``."""
+    config = yaml.safe_load((REPO / "docs" / "accelerate" / example).read_text())
     config.update(num_processes=2, mixed_precision="no")
-    config["fsdp_config"].update(fsdp_state_dict_type=state_dict_type, fsdp_sync_module_states=False,
-                                 fsdp_cpu_ram_efficient_loading=False)  # fmt: skip
-    path = tmp_path / f"fsdp_{state_dict_type}.yaml"
+    config["fsdp_config" if "fsdp_config" in config else "deepspeed_config"].update(settings)
+    path = tmp_path / f"accelerate_{example}"
     path.write_text(yaml.safe_dump(config))
     launcher = Path(sys.executable).with_name("accelerate")
     return _run([str(launcher), "launch", "--config_file", str(path), *args])
+
+
+def _fsdp(tmp_path: Path, state_dict_type: str, args: list[str]) -> subprocess.CompletedProcess:
+    # no module-state sync on CPU (accelerate does it through a GPU); every process builds the same model
+    return _launch(tmp_path, "fsdp.yaml", args, fsdp_state_dict_type=state_dict_type, fsdp_sync_module_states=False,
+                   fsdp_cpu_ram_efficient_loading=False)  # fmt: skip
 
 
 def _eval_rows(run: Path) -> list[dict]:
@@ -65,6 +71,13 @@ def _same_losses(expected: list[dict], got: list[dict]) -> None:
     for a, b in zip(expected, got, strict=True):
         for key in KEYS:
             assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-5), (a["step"], key)
+
+
+def _same_scores(expected: list[dict], got: list[dict]) -> None:
+    assert [r["step"] for r in got] == [r["step"] for r in expected] and list(got[0]) == list(expected[0])
+    for a, b in zip(expected, got, strict=True):
+        for key in a:
+            assert float(b[key]) == pytest.approx(float(a[key]), abs=1e-6), (a["step"], key)
 
 
 def _same_weights(reference: Path, exported: Path) -> None:
@@ -104,10 +117,8 @@ def test_fsdp_follows_one_process(single, tmp_path):
     _same_losses(single["log"], read_log(run))
     assert single["log"][-1]["loss"] != pytest.approx(single["log"][0]["loss"], rel=1e-3)  # it did train
     expected, got = _eval_rows(single["run"]), _eval_rows(run)
-    assert [r["step"] for r in got] == ["2", "4"] and list(got[0]) == list(expected[0])
-    for a, b in zip(expected, got, strict=True):
-        for key in a:
-            assert float(b[key]) == pytest.approx(float(a[key]), abs=1e-6), (a["step"], key)
+    assert [r["step"] for r in got] == ["2", "4"]
+    _same_scores(expected, got)
     assert float(expected[-1]["image_to_text_R@1"]) > 1 / 16  # not a constant: retrieval above chance
 
     exported = export_weights(run, tmp_path / "fsdp.safetensors")
@@ -124,3 +135,20 @@ def test_sharded_fsdp_checkpoint_exports(single, tmp_path):
     exported = tmp_path / "sharded.safetensors"
     _run([sys.executable, "-m", "musk", "pretrain", "export", str(run), "-o", str(exported)])
     _same_weights(single["exports"][2], exported)
+
+
+def test_deepspeed_zero2_follows_one_process_and_resumes(single, tmp_path):
+    """ZeRO-2 (DeepSpeed's CPU accelerator): 2 steps, then the same command for 4 resumes at step 2; the 4
+    logged steps, the retrieval scores and the exported weights are those of one process."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional: pip install --no-build-isolation deepspeed")
+    run = tmp_path / "zero2"
+    _launch(tmp_path, "deepspeed_zero2.yaml", _contrastive(run, single["data"], 2))
+    record = json.loads((run / "provenance.json").read_text())
+    assert (record["distributed_type"], record["processes"]) == ("DEEPSPEED", 2)
+    proc = _launch(tmp_path, "deepspeed_zero2.yaml", _contrastive(run, single["data"], 4))
+    assert "resumed from" in proc.stderr
+
+    _same_losses(single["log"], read_log(run))
+    _same_scores(_eval_rows(single["run"]), _eval_rows(run))
+    exported = export_weights(run, tmp_path / "zero2.safetensors")
+    _same_weights(single["exports"][4], exported)
