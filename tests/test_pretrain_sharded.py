@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 import musk
 from musk.pretrain import export_weights, read_log
+from musk.pretrain.checkpoint import load_checkpoint
 from pretrain_synthetic import make_pairs
 
 pytest.importorskip("accelerate")
@@ -105,14 +106,17 @@ def single(tmp_path_factory, tokenizer_file):
     return {"data": data, "run": run, "log": read_log(run), "exports": exports}
 
 
-def test_fsdp_follows_one_process(single, tmp_path):
-    """FULL_STATE_DICT: the 4 logged steps, the retrieval scores at both checkpoints (evaluated on a copy
-    gathered from the shards) and the exported weights are those of one process."""
+def test_fsdp_follows_one_process_and_resumes(single, tmp_path):
+    """FULL_STATE_DICT: 2 steps, then the same command for 4 resumes at step 2; the 4 logged steps, the
+    retrieval scores at both checkpoints (evaluated on a copy gathered from the shards) and the exported
+    weights are those of one process."""
     run = tmp_path / "fsdp"
-    _fsdp(tmp_path, "FULL_STATE_DICT", _contrastive(run, single["data"], 4))
+    _fsdp(tmp_path, "FULL_STATE_DICT", _contrastive(run, single["data"], 2))
     record = json.loads((run / "provenance.json").read_text())
     assert (record["distributed_type"], record["processes"]) == ("FSDP", 2)
-    assert (run / "checkpoints" / "step_00000004" / "pytorch_model_fsdp.bin").is_file()  # FSDP's own saving path
+    assert (run / "checkpoints" / "step_00000002" / "pytorch_model_fsdp.bin").is_file()  # FSDP's own saving path
+    proc = _fsdp(tmp_path, "FULL_STATE_DICT", _contrastive(run, single["data"], 4))
+    assert "resumed from" in proc.stderr
 
     _same_losses(single["log"], read_log(run))
     assert single["log"][-1]["loss"] != pytest.approx(single["log"][0]["loss"], rel=1e-3)  # it did train
@@ -125,8 +129,9 @@ def test_fsdp_follows_one_process(single, tmp_path):
     _same_weights(single["exports"][4], exported)
 
 
-def test_sharded_fsdp_checkpoint_exports(single, tmp_path):
-    """SHARDED_STATE_DICT: every process writes its shard; the export merges them in one process."""
+def test_sharded_fsdp_checkpoint_exports_but_does_not_resume(single, tmp_path):
+    """SHARDED_STATE_DICT: every process writes its shard; the export merges them in one process. Resuming
+    from it is refused (accelerate would load no optimizer moments into the fresh optimizer)."""
     run = tmp_path / "sharded"
     _fsdp(tmp_path, "SHARDED_STATE_DICT", _contrastive(run, single["data"], 2))
     checkpoint = run / "checkpoints" / "step_00000002"
@@ -135,6 +140,8 @@ def test_sharded_fsdp_checkpoint_exports(single, tmp_path):
     exported = tmp_path / "sharded.safetensors"
     _run([sys.executable, "-m", "musk", "pretrain", "export", str(run), "-o", str(exported)])
     _same_weights(single["exports"][2], exported)
+    with pytest.raises(ValueError, match="SHARDED_STATE_DICT checkpoint: resuming from it would silently drop"):
+        load_checkpoint(None, checkpoint)  # refused before accelerate is asked to load anything
 
 
 def test_deepspeed_zero2_follows_one_process_and_resumes(single, tmp_path):

@@ -15,6 +15,7 @@ __all__ = ["TRAINER_STATE", "latest_checkpoint", "load_checkpoint", "save_checkp
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
+_SHARDED_OPTIMIZER = "optimizer_0"  # accelerate's folder for an FSDP SHARDED_STATE_DICT optimizer
 _NAME = re.compile(r"^step_(\d+)$")
 
 
@@ -64,12 +65,14 @@ def load_checkpoint(accelerator, directory: str | os.PathLike) -> dict:
     state_file = directory / TRAINER_STATE
     if not state_file.is_file():
         raise FileNotFoundError(f"{directory} is not a complete checkpoint: it has no {TRAINER_STATE}")
+    if (directory / _SHARDED_OPTIMIZER).is_dir():
+        # accelerate 1.15 fills a template from the fresh optimizer's state dict, which holds no state yet
+        raise ValueError(
+            f"{directory} is an FSDP SHARDED_STATE_DICT checkpoint: resuming from it would silently drop the "
+            f"optimizer's moments (accelerate loads none into a fresh optimizer). Resume runs saved with "
+            f"fsdp_state_dict_type FULL_STATE_DICT, or export this one and start a new run from its weights"
+        )
     accelerator.load_state(str(directory))
     state = json.loads(state_file.read_text())
     logger.info("resumed from %s (step %d)", directory, state["step"])
-    if accelerator.distributed_type == "FSDP":
-        logger.warning(
-            "resuming under FSDP restores the model and optimizer, but the losses after it were measured to drift "
-            "from those of an uninterrupted run (see docs/pretrain.md, Limits)"
-        )
     return state

@@ -85,6 +85,9 @@ def _fsdp_on_cpu(accelerator) -> None:
     plugin = FullyShardedDataParallelPlugin()  # reads the launcher's FSDP_* variables
     if plugin.fsdp_version != 1:
         raise ValueError(f"FSDP on CPU is supported with fsdp_version 1 (got {plugin.fsdp_version})")
+    # "Offloading" the gathered optimizer state to the CPU it is already on copies nothing: torch's FSDP then
+    # returns views of one buffer it reuses for every state, and exp_avg is saved equal to exp_avg_sq
+    plugin.optim_state_dict_config.offload_to_cpu = False
     accelerator.state.fsdp_plugin = plugin
     for state in (accelerator.state.__dict__, PartialState._shared_state):
         state["distributed_type"] = DistributedType.FSDP
