@@ -1,9 +1,11 @@
-"""The accelerate set-up of a pretraining run, checked against what ``accelerate launch`` asked for.
+"""The accelerate set-up of a pretraining run, checked against what ``accelerate launch`` asked for, and
+what FSDP and DeepSpeed need of the model.
 
 accelerate 1.x picks FSDP and DeepSpeed only for accelerator devices: under ``--device cpu`` it silently
 falls back to DDP (gloo) for an FSDP launch and to plain processes for a DeepSpeed one, and without
-``--device cpu`` on a machine with no GPU it starts independent single-process runs. Here an FSDP launch on
-CPU gets FSDP (torch's FSDP runs on CPU with gloo), and every other mismatch is an error that says what to do.
+``--device cpu`` on a machine with no GPU it starts independent single-process runs. Here FSDP and DeepSpeed
+launches on CPU processes get FSDP and DeepSpeed (both run on CPU with gloo), and every other mismatch is an
+error that says what to do.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def make_accelerator(cpu: bool, mixed_precision: str):
     kind = accelerator.distributed_type
     if _flag("ACCELERATE_USE_DEEPSPEED") and kind != DistributedType.DEEPSPEED:
         raise ValueError(
-            f"this launch asks for DeepSpeed but accelerate set up {kind.value} (accelerate uses DeepSpeed on "
-            f"GPUs only, never with --device cpu): launch on GPUs, or use an FSDP or multi-GPU (DDP) config on CPU"
+            f"this launch asks for DeepSpeed but accelerate set up {kind.value}: on a machine with GPUs DeepSpeed "
+            f"runs on them (drop --device cpu)"
         )
     if _flag("ACCELERATE_USE_FSDP") and kind == DistributedType.MULTI_CPU:
         _fsdp_on_cpu(accelerator)
