@@ -25,6 +25,7 @@ from .engine import StageSetup, TrainResult, train_stage
 from .export import load_musk_for_training
 from .masking import BlockMaskGenerator, WholeWordMasker, word_start_table
 from .models import ContrastiveModel, MaskedModellingModel
+from .objectives import StepContext, share
 from .retrieval import RetrievalEvaluator
 from .vqkd import VQKD, VQKDConfig, load_visual_tokenizer, save_visual_tokenizer
 
@@ -92,8 +93,12 @@ class _TokenizerTraining(nn.Module):
         super().__init__()
         self.vqkd = vqkd
 
-    def forward(self, batch: dict):
-        return self.vqkd(batch["images"], batch["teacher"])
+    @staticmethod
+    def target_counts(batch: dict) -> dict[str, int]:
+        return {}  # the cosine loss is a mean over equal micro-batches
+
+    def forward(self, batch: dict, step: StepContext | None = None):
+        return share(self.vqkd(batch["images"], batch["teacher"]), step)
 
 
 def train_tokenizer(config: TokenizerConfig) -> TrainResult:
@@ -193,6 +198,6 @@ def train_contrastive(config: ContrastiveConfig) -> TrainResult:
             held_out = pair_source(config.eval_pairs, config.shuffle_buffer, image_key=config.image_key,
                                    caption_key=config.caption_key)  # fmt: skip
             evaluate = RetrievalEvaluator(held_out, tokenizer, musk.config.img_size, config.max_len)
-        return StageSetup(model, streams, config.batch_size, _sized(pairs), evaluate=evaluate)
+        return StageSetup(model, streams, config.batch_size, _sized(pairs), evaluate=evaluate, cache_features=True)
 
     return train_stage(config, build, "contrastive")
