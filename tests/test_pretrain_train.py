@@ -4,6 +4,9 @@ exported weights load strictly into the inference model with equal embeddings.""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -188,3 +191,30 @@ def test_stage2_scores_held_out_retrieval_at_each_checkpoint(stage2, data, token
     for key, value in again.items():
         assert float(rows[-1][key]) == pytest.approx(value, abs=1e-6)
     assert float(rows[-1]["image_to_text_R@1"]) > 1 / 6  # six kinds of caption: chance for a distinct match
+
+
+def test_bf16_autocast_follows_the_fp32_run(data, stage0, tmp_path, tokenizer_file):
+    """`musk pretrain mim --precision bf16` on CPU: accelerate's autocast runs the matmuls in bf16 while the
+    weights, the optimizer and the losses stay fp32; the first steps track the fp32 run to bf16 precision.
+    (bf16 in a process of its own: accelerate's precision is fixed once per process.)"""
+    settings = {"tokenizer": tokenizer_file, "visual_tokenizer": stage0, "text_batch_size": 8, "lr": 1e-3,
+                "tensorboard": "false"}  # fmt: skip
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        args = ["pretrain", "mim", "--recipe", "tiny", "-o", str(out), "--images", str(data["images"]),
+                "--texts", str(data["corpus"]), "--steps", "3", "--batch_size", "8", "--device", "cpu",
+                "--precision", precision, *(f"--set={k}={v}" for k, v in settings.items())]  # fmt: skip
+        if precision == "fp32":
+            assert main(args) == 0
+        else:
+            proc = subprocess.run([sys.executable, "-m", "musk", *args], capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        rows[precision] = read_log(out)
+        assert {v.dtype for v in musk_state_from_checkpoint(out).values()} == {torch.float32}
+        mode = json.loads((out / "provenance.json").read_text())["mixed_precision"]
+        assert mode == ("no" if precision == "fp32" else "bf16")
+    for a, b in zip(rows["fp32"], rows["bf16"], strict=True):
+        for key in ("mim_loss", "mlm_loss"):
+            assert b[key] == pytest.approx(a[key], rel=2e-2), (a["step"], key)
+        assert b["mim_loss"] != a["mim_loss"]  # bf16 arithmetic did happen
