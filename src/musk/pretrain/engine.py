@@ -39,9 +39,10 @@ class StageSetup:
     each micro-batch merges one micro-batch of every stream. ``prepare`` adds on-device inputs (visual
     tokenizer codes). ``model(batch, step)`` returns the micro-batch's share of the step's loss and metrics
     (:class:`~musk.pretrain.objectives.StepContext`); ``model.target_counts(batch)`` its predicted tokens per
-    objective. ``cache_features``: ``model(batch, features_only=True)`` gives contrastive features, which an
-    accumulated step caches so that its negatives are the whole step's. ``evaluate(musk)`` (optional) scores the MUSK
-    model at every checkpoint, on the main process; the scores go to ``eval.csv`` and ``trainer_state.json``.
+    objective. ``evaluate(musk)`` (optional) scores the MUSK model at every checkpoint, on the main process;
+    the scores go to ``eval.csv`` and ``trainer_state.json``, and the checkpoint with the best ``select_by``
+    score is kept. ``cache_features``: ``model(batch, features_only=True)`` gives contrastive features, which
+    an accumulated step caches so that its negatives are the whole step's.
     """
 
     model: nn.Module
@@ -51,6 +52,7 @@ class StageSetup:
     prepare: Callable[[dict], dict] | None = None
     extra_provenance: dict = field(default_factory=dict)
     evaluate: Callable[[nn.Module], dict] | None = None
+    select_by: str | None = None
     cache_features: bool = False
 
 
@@ -83,6 +85,15 @@ def _evaluate(accelerator, model, evaluate, output_dir: Path, step: int) -> dict
         _append_csv(output_dir / "eval.csv", {"step": step, **scores})
     accelerator.wait_for_everyone()
     return scores
+
+
+def _select(best: dict | None, scores: dict | None, metric: str | None, step: int) -> dict | None:
+    """The best checkpoint so far by ``metric`` (higher is better; the earlier one on ties). ``scores`` are
+    None on the processes that did not evaluate, which keep no record (only the main process writes it)."""
+    if scores is None or metric is None or (best is not None and scores[metric] <= best["score"]):
+        return best
+    logger.info("step %d is the best so far by %s (%.4f)", step, metric, scores[metric])
+    return {"step": step, "metric": metric, "score": scores[metric]}
 
 
 def _append_csv(path: Path, row: dict) -> None:
@@ -169,13 +180,13 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    start, positions = 0, {}
+    start, positions, best = 0, {}, None
     checkpoint = latest_checkpoint(output_dir / "checkpoints") if config.resume == "auto" else None
     if config.resume not in ("auto", "never"):
         checkpoint = Path(config.resume)
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
-        start = state["step"]
+        start, best = state["step"], state.get("best")
         positions = {k: StreamPosition(**v) for k, v in state["positions"].items()}
     total = _total_steps(config, setup)
     warmup = _warmup_steps(config, total)
@@ -234,7 +245,9 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
             state = {"positions": {k: p.state_dict() for k, p in positions.items()}, "metrics": metrics}
             if setup.evaluate is not None:
                 state["evaluation"] = _evaluate(accelerator, model, setup.evaluate, output_dir, done)
-            final = save_checkpoint(accelerator, output_dir / "checkpoints", done, state, config.keep_checkpoints)
+                best = state["best"] = _select(best, state["evaluation"], setup.select_by, done)
+            final = save_checkpoint(accelerator, output_dir / "checkpoints", done, state, config.keep_checkpoints,
+                                    protect=best["step"] if best else None)  # fmt: skip
     log.close()
     accelerator.end_training()
     return TrainResult(output_dir, total, final, metrics)

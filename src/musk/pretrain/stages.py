@@ -26,7 +26,7 @@ from .export import load_musk_for_training
 from .masking import BlockMaskGenerator, WholeWordMasker, word_start_table
 from .models import ContrastiveModel, MaskedModellingModel
 from .objectives import StepContext, share
-from .retrieval import RetrievalEvaluator
+from .retrieval import SELECTION_METRICS, RetrievalEvaluator
 from .vqkd import VQKD, VQKDConfig, load_visual_tokenizer, save_visual_tokenizer
 
 __all__ = ["build_teacher", "train_contrastive", "train_mim", "train_tokenizer"]
@@ -195,9 +195,12 @@ def train_contrastive(config: ContrastiveConfig) -> TrainResult:
 
         evaluate = None
         if config.eval_pairs:
+            if config.select_by not in SELECTION_METRICS:
+                raise ValueError(f"select_by {config.select_by!r}: choose from {', '.join(SELECTION_METRICS)}")
             held_out = pair_source(config.eval_pairs, config.shuffle_buffer, image_key=config.image_key,
                                    caption_key=config.caption_key)  # fmt: skip
             evaluate = RetrievalEvaluator(held_out, tokenizer, musk.config.img_size, config.max_len)
-        return StageSetup(model, streams, config.batch_size, _sized(pairs), evaluate=evaluate, cache_features=True)
+        return StageSetup(model, streams, config.batch_size, _sized(pairs), evaluate=evaluate,
+                          select_by=config.select_by, cache_features=True)  # fmt: skip
 
     return train_stage(config, build, "contrastive")
