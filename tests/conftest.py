@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +34,14 @@ def make_checkpoint():
     finally:
         sys.path.remove(str(ref_dir))
     return make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def goldens():
+    """``(arrays, manifest)`` of the upstream implementation's outputs on seed-0 random weights."""
+    arrays = np.load(shared_path("reference", "goldens_seed0.npz"))
+    manifest = json.loads(shared_path("reference", "goldens_seed0.json").read_text())
+    return arrays, manifest
 
 
 @pytest.fixture(scope="session")

@@ -6,26 +6,16 @@ Weights come from ``make_checkpoint.random_state_dict(config, 0)``; tolerance as
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import timm
 import torch
 
 import musk  # noqa: F401  (registers the architectures)
-from conftest import shared_path
 from musk.models import load_weights
 
 ARCH = {"tiny": "musk_tiny_patch16_64", "large": "musk_large_patch16_384"}
 INPUTS = {"text_ids", "text_padding_mask", "tiny/images", "large/images", "large/real_image_preprocessed"}
-
-
-@pytest.fixture(scope="module")
-def goldens():
-    arrays = np.load(shared_path("reference", "goldens_seed0.npz"))
-    manifest = json.loads(shared_path("reference", "goldens_seed0.json").read_text())
-    return arrays, manifest
 
 
 def assert_close(ours: torch.Tensor, ref: np.ndarray, key: str) -> None:
@@ -44,15 +34,15 @@ def seeded_model(config: str, arrays: dict):
     return model.eval()
 
 
-def run_case(model, case: dict, arrays) -> torch.Tensor:
+def run_case(model, case: dict, arrays, device: str = "cpu") -> torch.Tensor:
     flags = dict(return_global=case["return_global"], with_head=case["with_head"], out_norm=case["out_norm"])
     with torch.inference_mode():
         if case["input"] == "image":
-            images = torch.from_numpy(arrays[f"{case['config']}/images"])
+            images = torch.from_numpy(arrays[f"{case['config']}/images"]).to(device)
             return model(image=images, ms_aug=case["ms_aug"], **flags)[0]
         n = case["n_sentences"]
-        ids = torch.from_numpy(arrays["text_ids"][:n])
-        mask = torch.from_numpy(arrays["text_padding_mask"][:n])
+        ids = torch.from_numpy(arrays["text_ids"][:n]).to(device)
+        mask = torch.from_numpy(arrays["text_padding_mask"][:n]).to(device)
         return model(text_description=ids, padding_mask=mask, **flags)[1]
 
 

@@ -84,26 +84,29 @@ def _contrastive(out: Path, data, tokenizer_file) -> list[str]:
 
 def test_two_processes_follow_the_single_process_losses(data, tmp_path, tokenizer_file):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): each process holds half of every
-    global batch; the contrastive negatives are gathered with gradients, the MLM loss is averaged over the
-    masked tokens of both processes. (accelerate 1.x's `--cpu --num_processes 2` starts one process only.)"""
+    global batch (in one micro-batch, or two accumulated); the contrastive negatives are gathered with
+    gradients (and cached over the accumulated step), the MLM loss is averaged over the masked tokens of
+    both processes and micro-batches. (accelerate 1.x's `--cpu --num_processes 2` starts one process only.)"""
     single = tmp_path / "single"
     proc = subprocess.run([sys.executable, *_contrastive(single, data, tokenizer_file)], capture_output=True,
                           text=True, env=ENV, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    double = tmp_path / "double"
     launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no",
-           *_contrastive(double, data, tokenizer_file)]  # fmt: skip
     env = {**ENV, "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((double / "provenance.json").read_text())["processes"] == 2
+    one = read_log(single)
     assert json.loads((single / "provenance.json").read_text())["processes"] == 1
-    one, two = read_log(single), read_log(double)
-    assert len(one) == len(two) == 4
-    for a, b in zip(one, two, strict=True):
-        for key in ("loss", "clip_loss", "mlm_loss", "clip_acc", "grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-5), (a["step"], key)
     assert one[-1]["loss"] != pytest.approx(one[0]["loss"], rel=1e-3)  # the runs did train
+    for accum in (1, 2):  # 2 processes x 4 samples, then 2 processes x 2 accumulation steps x 2 samples
+        double = tmp_path / f"double-accum{accum}"
+        cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no",
+               *_contrastive(double, data, tokenizer_file), "--set", f"grad_accum={accum}"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((double / "provenance.json").read_text())["processes"] == 2
+        two = read_log(double)
+        assert len(one) == len(two) == 4
+        for a, b in zip(one, two, strict=True):
+            for key in ("loss", "clip_loss", "mlm_loss", "clip_acc", "grad_norm"):
+                assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-5), (accum, a["step"], key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 
 import musk
 from musk.pretrain.models import CaptionDecoder, ContrastiveModel, MaskedModellingModel
-from musk.pretrain.objectives import clip_loss, gather_with_grad, masked_token_loss
+from musk.pretrain.objectives import StepContext, clip_loss, gather_with_grad, masked_token_loss
+
+LABELS = torch.tensor([0, -100, 2, 3, -100, -100, -100, 1])
 
 
 def _features(seed: int, n: int = 6, d: int = 8):
@@ -76,6 +79,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _accumulate(rank: int, world: int, micro: int = 2) -> dict:
+    """One step of ``micro`` micro-batches on this process (rows of micro-batch m: (m * world + rank) * b ...):
+    the summed gradients of the shares and the summed metrics."""
+    image, text = _features(4, n=8)
+    image.requires_grad_(True)
+    text.requires_grad_(True)
+    scale = torch.tensor(math.log(1 / 0.07), requires_grad=True)
+    logits = torch.randn(8, 5, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    b = len(image) // (world * micro)
+    step = StepContext(micro, features=(image.detach(), text.detach()), targets={"mlm": float((LABELS != -100).sum())})
+    sums = {"clip_loss": 0.0, "clip_acc": 0.0, "temperature": 0.0, "mlm_loss": 0.0}
+    for m in range(micro):
+        rows = slice((m * world + rank) * b, (m * world + rank + 1) * b)
+        context = replace(step, index=m)
+        out = clip_loss(image[rows], text[rows], scale, context)
+        token = masked_token_loss(logits[rows], LABELS[rows], "mlm", context)
+        (out["loss"] + token["loss"]).backward()
+        for key in sums:
+            sums[key] += {**out, **token}[key]
+    return {**sums, "image_grad": image.grad, "text_grad": text.grad, "scale_grad": scale.grad,
+            "token_grad": logits.grad}  # fmt: skip
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -93,23 +119,30 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         # the token loss: uneven masked counts per process, still the global mean
         g = torch.Generator().manual_seed(3)
         logits = torch.randn(8, 5, generator=g)[rank * 4 : (rank + 1) * 4].requires_grad_(True)
-        labels = torch.tensor([0, -100, 2, 3, -100, -100, -100, 1])[rank * 4 : (rank + 1) * 4]
+        labels = LABELS[rank * 4 : (rank + 1) * 4]
         token = masked_token_loss(logits, labels, "mlm")
         token["loss"].backward()
         gathered = gather_with_grad(image.detach())
         torch.save({"image_grad": image.grad, "text_grad": text.grad, "scale_grad": scale.grad,
                     "clip_loss": out["clip_loss"], "local_loss": out["loss"].item(), "gathered": gathered,
-                    "token_loss": token["mlm_loss"], "token_grad": logits.grad},
+                    "token_loss": token["mlm_loss"], "token_grad": logits.grad,
+                    "accumulated": _accumulate(rank, world)},
                    os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
     finally:
         dist.destroy_process_group()
 
 
-def test_gather_with_gradients_across_two_processes_matches_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    """What two real gloo processes computed (:func:`_worker`)."""
+    out = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+def test_gather_with_gradients_across_two_processes_matches_one_process(ranks):
     """Two real gloo processes holding half of the batch each: under DDP's gradient averaging they follow
     the gradient of one process holding the whole batch (negatives from the global batch)."""
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     image, text = _features(0)
     image.requires_grad_(True)
@@ -129,12 +162,29 @@ def test_gather_with_gradients_across_two_processes_matches_one_process(tmp_path
     assert np.mean([r["scale_grad"].item() for r in ranks]) == pytest.approx(scale.grad.item(), rel=1e-4)
 
     logits = torch.randn(8, 5, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
-    labels = torch.tensor([0, -100, 2, 3, -100, -100, -100, 1])
+    labels = LABELS
     whole = masked_token_loss(logits, labels, "mlm")
     whole["loss"].backward()
     assert ranks[0]["token_loss"] == pytest.approx(whole["mlm_loss"], rel=1e-6)
     token_grad = torch.cat([r["token_grad"] for r in ranks]) / 2
     torch.testing.assert_close(token_grad, logits.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_accumulated_micro_batches_on_two_processes_give_the_large_batch_gradient(ranks):
+    """Two processes x two micro-batches, the step's features cached: the summed shares are the loss, the
+    metrics and (after DDP's averaging) the gradients of one process holding the whole step."""
+    ranks = [r["accumulated"] for r in ranks]
+    whole = _accumulate(rank=0, world=1, micro=1)  # no accumulation, one process
+    alone = clip_loss(*_features(4, n=8), torch.tensor(math.log(1 / 0.07)))
+    assert whole["clip_loss"] == pytest.approx(alone["clip_loss"], rel=1e-6)
+    for key in ("clip_loss", "clip_acc", "temperature", "mlm_loss"):
+        for r in ranks:
+            assert r[key] == pytest.approx(whole[key], rel=1e-5), key
+    for key in ("image_grad", "text_grad", "token_grad"):  # each process holds the gradient of its rows
+        torch.testing.assert_close((ranks[0][key] + ranks[1][key]) / 2, whole[key], rtol=1e-5, atol=1e-7)
+    assert (ranks[0]["scale_grad"] + ranks[1]["scale_grad"]).item() / 2 == pytest.approx(
+        whole["scale_grad"].item(), rel=1e-4
+    )
 
 
 def test_caption_decoder_reads_the_image():

@@ -125,7 +125,7 @@ def test_fsdp_follows_one_process_and_resumes(single, tmp_path):
     _same_scores(expected, got)
     assert float(expected[-1]["image_to_text_R@1"]) > 1 / 16  # not a constant: retrieval above chance
 
-    exported = export_weights(run, tmp_path / "fsdp.safetensors")
+    exported = export_weights(run / "checkpoints" / "step_00000004", tmp_path / "fsdp.safetensors")
     _same_weights(single["exports"][4], exported)
 
 
@@ -157,5 +157,5 @@ def test_deepspeed_zero2_follows_one_process_and_resumes(single, tmp_path):
 
     _same_losses(single["log"], read_log(run))
     _same_scores(_eval_rows(single["run"]), _eval_rows(run))
-    exported = export_weights(run, tmp_path / "zero2.safetensors")
+    exported = export_weights(run / "checkpoints" / "step_00000004", tmp_path / "zero2.safetensors")
     _same_weights(single["exports"][4], exported)

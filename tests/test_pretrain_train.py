@@ -4,6 +4,9 @@ exported weights load strictly into the inference model with equal embeddings.""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -182,9 +185,72 @@ def test_stage2_scores_held_out_retrieval_at_each_checkpoint(stage2, data, token
     assert [int(r["step"]) for r in rows] == [20, 30]  # save_every 20, and the end
     # the last row is the final model's retrieval, recomputed here from its checkpoint
     model = musk.create_model("musk_tiny_patch16_64")
-    model.load_state_dict(musk_state_from_checkpoint(stage2), strict=True)
+    model.load_state_dict(musk_state_from_checkpoint(stage2 / "checkpoints" / "step_00000030"), strict=True)
     tok = musk.get_tokenizer(tokenizer_file)
     again = RetrievalEvaluator(pair_source(data["held_out"]), tok, 64, max_len=32)(model)
+    assert set(again) == set(rows[-1]) - {"step"}
     for key, value in again.items():
         assert float(rows[-1][key]) == pytest.approx(value, abs=1e-6)
+    assert again["mean_recall"] == pytest.approx(np.mean([v for k, v in again.items() if "_R@" in k]))
     assert float(rows[-1]["image_to_text_R@1"]) > 1 / 6  # six kinds of caption: chance for a distinct match
+
+
+def test_bf16_autocast_follows_the_fp32_run(data, stage0, tmp_path, tokenizer_file):
+    """`musk pretrain mim --precision bf16` on CPU: accelerate's autocast runs the matmuls in bf16 while the
+    weights, the optimizer and the losses stay fp32; the first steps track the fp32 run to bf16 precision.
+    (bf16 in a process of its own: accelerate's precision is fixed once per process.)"""
+    settings = {"tokenizer": tokenizer_file, "visual_tokenizer": stage0, "text_batch_size": 8, "lr": 1e-3,
+                "tensorboard": "false"}  # fmt: skip
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        args = ["pretrain", "mim", "--recipe", "tiny", "-o", str(out), "--images", str(data["images"]),
+                "--texts", str(data["corpus"]), "--steps", "3", "--batch_size", "8", "--device", "cpu",
+                "--precision", precision, *(f"--set={k}={v}" for k, v in settings.items())]  # fmt: skip
+        if precision == "fp32":
+            assert main(args) == 0
+        else:
+            proc = subprocess.run([sys.executable, "-m", "musk", *args], capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        rows[precision] = read_log(out)
+        assert {v.dtype for v in musk_state_from_checkpoint(out).values()} == {torch.float32}
+        mode = json.loads((out / "provenance.json").read_text())["mixed_precision"]
+        assert mode == ("no" if precision == "fp32" else "bf16")
+    for a, b in zip(rows["fp32"], rows["bf16"], strict=True):
+        for key in ("mim_loss", "mlm_loss"):
+            assert b[key] == pytest.approx(a[key], rel=2e-2), (a["step"], key)
+        assert b["mim_loss"] != a["mim_loss"]  # bf16 arithmetic did happen
+
+
+def test_model_selection_keeps_and_exports_the_best_checkpoint(data, stage1, tmp_path, tokenizer_file, monkeypatch):
+    """Scripted held-out scores: the best checkpoint survives the rotation (keep 1), a resumed run remembers
+    it, and exporting the run writes its weights."""
+    from musk.pretrain.retrieval import RetrievalEvaluator
+
+    scores = iter([0.2, 0.5, 0.3, 0.4, 0.45, 0.49])
+    monkeypatch.setattr(RetrievalEvaluator, "__call__", lambda self, model: {"mean_recall": next(scores)})
+    out = tmp_path / "run"
+    settings = {"pairs": [str(data["pairs"])], "eval_pairs": [str(data["held_out"])], "tokenizer": str(tokenizer_file),
+                "weights": str(stage1), "output_dir": str(out), "lr": 3e-3, "cpu": True, "tensorboard": False,
+                "save_every": 1, "keep_checkpoints": 1}  # fmt: skip
+    train_contrastive(load_config("contrastive", "tiny", {**settings, "steps": 4}))
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step_00000002", "step_00000004"]
+    train_contrastive(load_config("contrastive", "tiny", {**settings, "steps": 6}))  # resumes at step 4
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step_00000002", "step_00000006"]  # 0.45 and 0.49 do not beat step 2's 0.5
+    state = json.loads((out / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
+    assert state["best"] == {"step": 2, "metric": "mean_recall", "score": 0.5}
+    exported = load_file(str(export_weights(out, tmp_path / "best.safetensors")))
+    best = musk_state_from_checkpoint(out / "checkpoints" / "step_00000002")
+    last = musk_state_from_checkpoint(out / "checkpoints" / "step_00000006")
+    key = "beit3.encoder.layers.0.ffn.A.fc1.weight"
+    assert torch.equal(exported[key], best[key]) and not torch.equal(exported[key], last[key])
+
+
+def test_model_selection_refuses_an_unknown_metric(data, tmp_path, tokenizer_file):
+    config = load_config("contrastive", "tiny", {"pairs": [str(data["pairs"])], "eval_pairs": [str(data["held_out"])],
+                                                 "tokenizer": str(tokenizer_file), "output_dir": str(tmp_path),
+                                                 "steps": 1, "cpu": True, "select_by": "R@1"})  # fmt: skip
+    with pytest.raises(ValueError, match="select_by 'R@1': choose from mean_recall, image_to_text_R@1"):
+        train_contrastive(config)

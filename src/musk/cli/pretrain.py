@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     for stage, inputs in _INPUTS.items():
         _add_stage(commands, stage, inputs)
     e = commands.add_parser("export", help="write a run's MUSK weights in the published layout")
-    e.add_argument("source", help="a run's output folder (its newest checkpoint) or one checkpoint folder")
+    e.add_argument("source", help="a run's output folder (its best checkpoint by held-out retrieval, else its "
+                   "newest) or one checkpoint folder")  # fmt: skip
     e.add_argument("--output", "-o", required=True, help="the .safetensors file to write")
     e.add_argument("--model", default=None, help="architecture (default: from the run's config.yaml)")
     e.add_argument("--precision", choices=sorted(DTYPES), default=None, help="cast the weights (default: as saved)")

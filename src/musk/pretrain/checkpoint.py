@@ -10,7 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
-__all__ = ["TRAINER_STATE", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["TRAINER_STATE", "best_checkpoint", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,21 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict, keep: int = 2) -> Path:
-    """Save on every process (collective), rename into ``root/step_<step>`` and keep the newest ``keep``."""
+def best_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The checkpoint model selection chose (``best`` in the newest checkpoint's trainer state), if any."""
+    newest = latest_checkpoint(root)
+    best = json.loads((newest / TRAINER_STATE).read_text()).get("best") if newest else None
+    if best is None:
+        return None
+    path = Path(root) / f"step_{best['step']:08d}"
+    return path if (path / TRAINER_STATE).is_file() else None
+
+
+def save_checkpoint(
+    accelerator, root: str | os.PathLike, step: int, state: dict, keep: int = 2, protect: int | None = None
+) -> Path:
+    """Save on every process (collective), rename into ``root/step_<step>`` and keep the newest ``keep``
+    (and the checkpoint of step ``protect``: the best so far)."""
     root = Path(root)
     final, tmp = root / f"step_{step:08d}", root / f".step_{step:08d}.partial"
     main = accelerator.is_main_process
@@ -52,8 +65,9 @@ def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for _, old in _complete(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old_step, old in _complete(root)[:-keep]:
+            if old_step != protect:
+                shutil.rmtree(old, ignore_errors=True)
         logger.info("checkpoint at step %d: %s", step, final)
     accelerator.wait_for_everyone()
     return final

@@ -129,10 +129,12 @@ class MimConfig(RunConfig):
 class ContrastiveConfig(RunConfig):
     """Stage 2, image-text alignment: CLIP loss plus ``mlm_weight`` x the caption decoder's MLM loss.
     ``weights``: the stage-1 result to start from (an export, or a stage-1 output folder). ``eval_pairs``:
-    held-out pairs scored by retrieval (R@1/50/200 both ways) at every checkpoint, for model selection."""
+    held-out pairs scored by retrieval (R@1/50/200 both ways) at every checkpoint, for model selection: the
+    checkpoint with the highest ``select_by`` is kept (besides the newest) and is what the run exports."""
 
     pairs: list[str] = field(default_factory=list)
     eval_pairs: list[str] = field(default_factory=list)
+    select_by: str = "mean_recall"
     image_key: str = "image"
     caption_key: str = "caption"
     tokenizer: str | None = None

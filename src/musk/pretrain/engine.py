@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_dict
 from .distributed import adapt_to_sharding, evaluation_musk, make_accelerator
 from .logs import RunLog
+from .objectives import StepContext, gather_with_grad
 from .optim import lr_factor, param_groups, set_lr
 
 __all__ = ["StageSetup", "TrainResult", "train_stage"]
@@ -36,9 +37,13 @@ class StageSetup:
     """What a stage hands the loop.
 
     ``streams(positions, rank, world)`` builds this process's batch streams (by name) from their positions;
-    each step merges one micro-batch of every stream. ``prepare`` adds on-device inputs (visual tokenizer
-    codes). ``model(batch)`` returns the loss and metrics. ``evaluate(musk)`` (optional) scores the MUSK
-    model at every checkpoint, on the main process; the scores go to ``eval.csv`` and ``trainer_state.json``.
+    each micro-batch merges one micro-batch of every stream. ``prepare`` adds on-device inputs (visual
+    tokenizer codes). ``model(batch, step)`` returns the micro-batch's share of the step's loss and metrics
+    (:class:`~musk.pretrain.objectives.StepContext`); ``model.target_counts(batch)`` its predicted tokens per
+    objective. ``evaluate(musk)`` (optional) scores the MUSK model at every checkpoint, on the main process;
+    the scores go to ``eval.csv`` and ``trainer_state.json``, and the checkpoint with the best ``select_by``
+    score is kept. ``cache_features``: ``model(batch, features_only=True)`` gives contrastive features, which
+    an accumulated step caches so that its negatives are the whole step's.
     """
 
     model: nn.Module
@@ -48,6 +53,8 @@ class StageSetup:
     prepare: Callable[[dict], dict] | None = None
     extra_provenance: dict = field(default_factory=dict)
     evaluate: Callable[[nn.Module], dict] | None = None
+    select_by: str | None = None
+    cache_features: bool = False
 
 
 @dataclass
@@ -82,6 +89,15 @@ def _evaluate(accelerator, model, evaluate, output_dir: Path, step: int) -> dict
     return scores
 
 
+def _select(best: dict | None, scores: dict | None, metric: str | None, step: int) -> dict | None:
+    """The best checkpoint so far by ``metric`` (higher is better; the earlier one on ties). ``scores`` are
+    None on the processes that did not evaluate, which keep no record (only the main process writes it)."""
+    if scores is None or metric is None or (best is not None and scores[metric] <= best["score"]):
+        return best
+    logger.info("step %d is the best so far by %s (%.4f)", step, metric, scores[metric])
+    return {"step": step, "metric": metric, "score": scores[metric]}
+
+
 def _append_csv(path: Path, row: dict) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as f:
@@ -93,6 +109,53 @@ def _append_csv(path: Path, row: dict) -> None:
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _next_micro_batch(loaders: dict, positions: dict[str, StreamPosition]) -> dict:
+    """One micro-batch of every stream, merged; advances the streams' positions."""
+    batch: dict = {}
+    for name, loader in loaders.items():
+        part = next(loader)
+        epoch, index, _ = part.pop("position").tolist()
+        positions[name] = StreamPosition(epoch, index + 1)
+        batch.update(part)
+    return batch
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _step_context(accelerator, model, setup: StageSetup, batches: list[dict]) -> tuple[StepContext, list]:
+    """The step's target counts over all micro-batches and processes and, for a contrastive stage under
+    accumulation, the step's features (a forward without gradients per micro-batch, gathered from every
+    process) with the RNG state each one started from, so that its training forward draws the same drop
+    path and its features equal the cached ones."""
+    counts: dict[str, int] = {}
+    for batch in batches:
+        for name, n in accelerator.unwrap_model(model).target_counts(batch).items():
+            counts[name] = counts.get(name, 0) + n
+    names = sorted(counts)
+    if names:
+        totals = accelerator.reduce(torch.tensor([float(counts[n]) for n in names], device=accelerator.device), "sum")
+        counts = dict(zip(names, totals.tolist(), strict=True))
+    context = StepContext(micro_batches=len(batches), targets=counts)
+    if not setup.cache_features or len(batches) == 1:
+        return context, []
+    states, image, text = [], [], []
+    with torch.no_grad():
+        for batch in batches:
+            states.append(_rng_state(accelerator.device))
+            features = model(_to_device(batch, accelerator.device), features_only=True)
+            image.append(gather_with_grad(features[0]))
+            text.append(gather_with_grad(features[1]))
+    return replace(context, features=(torch.cat(image), torch.cat(text))), states
 
 
 def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage: str) -> TrainResult:
@@ -119,13 +182,13 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    start, positions = 0, {}
+    start, positions, best = 0, {}, None
     checkpoint = latest_checkpoint(output_dir / "checkpoints") if config.resume == "auto" else None
     if config.resume not in ("auto", "never"):
         checkpoint = Path(config.resume)
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
-        start = state["step"]
+        start, best = state["step"], state.get("best")
         positions = {k: StreamPosition(**v) for k, v in state["positions"].items()}
     total = _total_steps(config, setup)
     warmup = _warmup_steps(config, total)
@@ -150,31 +213,25 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
     final = checkpoint
     for step in range(start, total):
         lr = set_lr(optimizer, lr_factor(step, warmup, total, config.min_lr / config.lr))
+        tic = time.perf_counter()
+        batches = [_next_micro_batch(loaders, positions) for _ in range(config.grad_accum)]
+        data_s, tic = time.perf_counter() - tic, time.perf_counter()
+        context, rng_states = _step_context(accelerator, model, setup, batches)
         sums: dict[str, float] = {}
-        data_s = compute_s = 0.0
-        for m in range(config.grad_accum):
-            tic = time.perf_counter()
-            batch: dict = {}
-            for name, loader in loaders.items():
-                part = next(loader)
-                epoch, index, _ = part.pop("position").tolist()
-                positions[name] = StreamPosition(epoch, index + 1)
-                batch.update(part)
+        for m, batch in enumerate(batches):
             batch = _to_device(batch, accelerator.device)
-            toc = time.perf_counter()
             if setup.prepare is not None:
                 batch = setup.prepare(batch)
+            if rng_states:
+                _set_rng_state(rng_states[m], accelerator.device)
             sync = nullcontext() if m == config.grad_accum - 1 else accelerator.no_sync(model)
             with sync:
-                out = model(batch)
-                accelerator.backward(out["loss"] / config.grad_accum)
+                out = model(batch, replace(context, index=m))
+                accelerator.backward(out["loss"])
             for key, value in out.items():
                 name = "loss" if key == "total_loss" else key  # the all-process value of the loss
                 if key != "loss":
-                    sums[name] = sums.get(name, 0.0) + value / config.grad_accum
-            data_s += toc - tic
-            compute_s += time.perf_counter() - toc
-        tic = time.perf_counter()
+                    sums[name] = sums.get(name, 0.0) + value
         if config.max_grad_norm:
             norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             if norm is not None:  # DeepSpeed clips inside its own step (gradient_clipping in its config)
@@ -183,7 +240,7 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
         optimizer.zero_grad(set_to_none=True)
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()
-        compute_s += time.perf_counter() - tic
+        compute_s = time.perf_counter() - tic
         metrics = {**sums, "lr": lr}
         done = step + 1
         log.step(done, metrics, data_s, compute_s, setup.samples_per_step // world, done % config.log_every == 0)
@@ -191,7 +248,9 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
             state = {"positions": {k: p.state_dict() for k, p in positions.items()}, "metrics": metrics}
             if setup.evaluate is not None:
                 state["evaluation"] = _evaluate(accelerator, model, setup.evaluate, output_dir, done)
-            final = save_checkpoint(accelerator, output_dir / "checkpoints", done, state, config.keep_checkpoints)
+                best = state["best"] = _select(best, state["evaluation"], setup.select_by, done)
+            final = save_checkpoint(accelerator, output_dir / "checkpoints", done, state, config.keep_checkpoints,
+                                    protect=best["step"] if best else None)  # fmt: skip
     log.close()
     accelerator.end_training()
     return TrainResult(output_dir, total, final, metrics)

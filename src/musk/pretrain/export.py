@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from ..models import MUSK, CheckpointMismatchError, create_model
 from ..outputs import atomic_path, provenance, write_json
-from .checkpoint import TRAINER_STATE, latest_checkpoint
+from .checkpoint import TRAINER_STATE, best_checkpoint, latest_checkpoint
 from .distributed import restore_scalars
 
 __all__ = ["export_weights", "find_checkpoint", "load_musk_for_training", "musk_state_from_checkpoint"]
@@ -28,11 +28,12 @@ _PREFIX = "musk."
 
 
 def find_checkpoint(source: str | os.PathLike) -> Path:
-    """A checkpoint folder: ``source`` itself, or the newest one of a run's output folder."""
+    """A checkpoint folder: ``source`` itself, or of a run's output folder the one model selection chose
+    (stage 2 with held-out pairs), else the newest."""
     source = Path(source)
     if any((source / name).is_file() for name in (*_MODEL_FILES, _DEEPSPEED)) or (source / _SHARDED).is_dir():
         return source
-    found = latest_checkpoint(source / "checkpoints")
+    found = best_checkpoint(source / "checkpoints") or latest_checkpoint(source / "checkpoints")
     if found is None:
         raise FileNotFoundError(
             f"{source} is neither a checkpoint folder (with {', '.join(_MODEL_FILES)}, {_SHARDED}/ or {_DEEPSPEED}) "

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import MUSK
-from .objectives import ObjectiveOutput, clip_loss, masked_token_loss
+from .objectives import ObjectiveOutput, StepContext, clip_loss, masked_token_loss
 
 __all__ = ["CaptionDecoder", "ContrastiveModel", "MaskedModellingModel"]
 
@@ -41,16 +41,21 @@ class MaskedModellingModel(nn.Module):
         for param in (musk.vision_head.weight, musk.language_head.weight, musk.logit_scale):
             param.requires_grad_(False)
 
-    def forward(self, batch: dict) -> ObjectiveOutput:
+    @staticmethod
+    def target_counts(batch: dict) -> dict[str, int]:
+        """Predicted tokens per objective in a micro-batch: masked patches and masked words."""
+        return {"mim": int(batch["image_mask"].sum()), "mlm": int((batch["text_labels"] != -100).sum())}
+
+    def forward(self, batch: dict, step: StepContext | None = None) -> ObjectiveOutput:
         """``batch``: ``images`` (B, 3, S, S), ``image_mask`` (B, patches) bool, ``codes`` (B, patches);
         ``text_ids``, ``text_padding_mask``, ``text_labels`` (B', L). Loss = MIM + MLM."""
         mask = batch["image_mask"]
         states = self.musk.beit3(images=batch["images"], masked_positions=mask)[:, 1:]
         mim_labels = batch["codes"].masked_fill(~mask, -100)
-        mim = masked_token_loss(self.mim_head(states[mask]), mim_labels[mask], "mim")
+        mim = masked_token_loss(self.mim_head(states[mask]), mim_labels[mask], "mim", step)
         text = self.musk.beit3(text_ids=batch["text_ids"], text_padding_mask=batch["text_padding_mask"])
         selected = batch["text_labels"] != -100
-        mlm = masked_token_loss(self.mlm_head(text[selected]), batch["text_labels"][selected], "mlm")
+        mlm = masked_token_loss(self.mlm_head(text[selected]), batch["text_labels"][selected], "mlm", step)
         total = mim["mim_loss"] + mlm["mlm_loss"]
         return ObjectiveOutput({**mim, **mlm, "loss": mim["loss"] + mlm["loss"], "total_loss": total})
 
@@ -102,19 +107,29 @@ class ContrastiveModel(nn.Module):
         self.mlm_weight = mlm_weight
         musk.beit3.vision_embed.mask_token.requires_grad_(False)  # no masked images in stage 2
 
-    def forward(self, batch: dict) -> ObjectiveOutput:
+    @staticmethod
+    def target_counts(batch: dict) -> dict[str, int]:
+        """Predicted tokens per objective in a micro-batch: the masked caption words."""
+        return {"mlm": int((batch["text_labels"] != -100).sum())}
+
+    def forward(
+        self, batch: dict, step: StepContext | None = None, features_only: bool = False
+    ) -> ObjectiveOutput | tuple[torch.Tensor, torch.Tensor]:
         """``batch``: ``images``; ``text_ids``, ``text_padding_mask`` (the captions); ``masked_ids``,
-        ``text_labels`` (the same captions with masked words)."""
+        ``text_labels`` (the same captions with masked words). ``features_only``: the normalised ``(image,
+        text)`` contrastive features (what the training loop caches over an accumulated step)."""
         musk = self.musk
         image_states = musk.beit3(images=batch["images"])
         text_states = musk.beit3(text_ids=batch["text_ids"], text_padding_mask=batch["text_padding_mask"])
         image = F.normalize(musk.vision_head(image_states[:, 0]), dim=-1)
         text = F.normalize(musk.language_head(text_states[:, 0]), dim=-1)
-        out = clip_loss(image, text, musk.logit_scale)
+        if features_only:
+            return image, text
+        out = clip_loss(image, text, musk.logit_scale, step)
         masked = musk.beit3(text_ids=batch["masked_ids"], text_padding_mask=batch["text_padding_mask"])
         decoded = self.decoder(masked, image_states[:, 1:])
         selected = batch["text_labels"] != -100
-        mlm = masked_token_loss(self.mlm_head(decoded[selected]), batch["text_labels"][selected], "mlm")
+        mlm = masked_token_loss(self.mlm_head(decoded[selected]), batch["text_labels"][selected], "mlm", step)
         total = out["clip_loss"] + self.mlm_weight * mlm["mlm_loss"]
         loss = out["loss"] + self.mlm_weight * mlm["loss"]
         return ObjectiveOutput({**out, **mlm, "loss": loss, "total_loss": total})

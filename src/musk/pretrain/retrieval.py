@@ -10,10 +10,14 @@ import torch
 from .augment import PretrainAugment
 from .data import read_pair
 
-__all__ = ["RetrievalEvaluator", "retrieval_recall"]
+__all__ = ["SELECTION_METRICS", "RetrievalEvaluator", "retrieval_recall"]
+
+KS = (1, 50, 200)
+#: What model selection can maximise: one recall, or the mean of all six.
+SELECTION_METRICS = ("mean_recall", *(f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in KS))
 
 
-def retrieval_recall(image: torch.Tensor, text: torch.Tensor, ks: Sequence[int] = (1, 50, 200)) -> dict[str, float]:
+def retrieval_recall(image: torch.Tensor, text: torch.Tensor, ks: Sequence[int] = KS) -> dict[str, float]:
     """Recall@k of pair ``i``'s text among all texts for image ``i`` (``image_to_text``), and the reverse.
 
     A pair counts as found at k when fewer than k other candidates score strictly higher than it.
@@ -31,7 +35,8 @@ def retrieval_recall(image: torch.Tensor, text: torch.Tensor, ks: Sequence[int] 
 
 class RetrievalEvaluator:
     """Embeds the held-out pairs with the model's inference path (``encode_image`` / ``encode_text``) and
-    scores retrieval. Uses no global random state, so evaluating does not change a resumed run."""
+    scores retrieval (and ``mean_recall``, the mean of the recalls). Uses no global random state, so
+    evaluating does not change a resumed run."""
 
     def __init__(self, source, tokenizer, img_size: int, max_len: int = 100, batch_size: int = 64):
         self.records = list(source.records(0, 0))
@@ -52,4 +57,5 @@ class RetrievalEvaluator:
             images.append(musk.encode_image(x).float().cpu())
             texts.append(musk.encode_text(ids.to(device), padding.to(device)).float().cpu())
         musk.train(was_training)
-        return retrieval_recall(torch.cat(images), torch.cat(texts))
+        recalls = retrieval_recall(torch.cat(images), torch.cat(texts))
+        return {**recalls, "mean_recall": float(np.mean(list(recalls.values())))}

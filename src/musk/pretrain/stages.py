@@ -26,7 +26,8 @@ from .engine import StageSetup, TrainResult, train_stage
 from .export import load_musk_for_training
 from .masking import BlockMaskGenerator, WholeWordMasker, word_start_table
 from .models import ContrastiveModel, MaskedModellingModel
-from .retrieval import RetrievalEvaluator
+from .objectives import StepContext, share
+from .retrieval import SELECTION_METRICS, RetrievalEvaluator
 from .vqkd import VQKD, VQKDConfig, load_visual_tokenizer, save_visual_tokenizer
 
 __all__ = ["build_teacher", "train_contrastive", "train_mim", "train_tokenizer"]
@@ -93,8 +94,12 @@ class _TokenizerTraining(nn.Module):
         super().__init__()
         self.vqkd = vqkd
 
-    def forward(self, batch: dict):
-        return self.vqkd(batch["images"], batch["teacher"])
+    @staticmethod
+    def target_counts(batch: dict) -> dict[str, int]:
+        return {}  # the cosine loss is a mean over equal micro-batches
+
+    def forward(self, batch: dict, step: StepContext | None = None):
+        return share(self.vqkd(batch["images"], batch["teacher"]), step)
 
 
 def train_tokenizer(config: TokenizerConfig) -> TrainResult:
@@ -194,9 +199,12 @@ def train_contrastive(config: ContrastiveConfig) -> TrainResult:
 
         evaluate = None
         if config.eval_pairs:
+            if config.select_by not in SELECTION_METRICS:
+                raise ValueError(f"select_by {config.select_by!r}: choose from {', '.join(SELECTION_METRICS)}")
             held_out = pair_source(config.eval_pairs, config.shuffle_buffer, image_key=config.image_key,
                                    caption_key=config.caption_key)  # fmt: skip
             evaluate = RetrievalEvaluator(held_out, tokenizer, musk.config.img_size, config.max_len)
-        return StageSetup(model, streams, config.batch_size, _sized(pairs), evaluate=evaluate)
+        return StageSetup(model, streams, config.batch_size, _sized(pairs), evaluate=evaluate,
+                          select_by=config.select_by, cache_features=True)  # fmt: skip
 
     return train_stage(config, build, "contrastive")
