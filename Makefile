@@ -19,8 +19,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# DeepSpeed (for the ZeRO-2 test) is built against the installed torch, hence outside the dev extra.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-build-isolation 'deepspeed>=0.16'
 	touch $@
 
 install: $(VENV)/.installed
