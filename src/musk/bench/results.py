@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..jsonl import parse_json_lines
 from ..outputs import atomic_path
 
 RUN_KEY = ("model", "pretrained", "dataset", "task", "fewshot_k", "seed")
@@ -30,14 +31,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         return data if isinstance(data, list) else [data]
     except json.JSONDecodeError:
         pass
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not a JSON object ({exc})") from exc
-    return records
+    return parse_json_lines(text.splitlines(), path)
 
 
 def has_record(path: str | os.PathLike, key: tuple) -> bool:

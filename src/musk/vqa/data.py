@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..images import ImageLoadError, load_image, to_rgb
+from ..jsonl import parse_json_lines
 from ..tokenizer import MuskTokenizer
 from .answers import AnswerVocab, question_type
 
@@ -88,15 +88,8 @@ def _read_rows(path: Path) -> list[dict]:
             raise ImportError("reading parquet needs pandas and pyarrow: pip install 'musk-pathology[vqa]'") from e
         return pd.read_parquet(path).to_dict("records")
     if suffix in (".jsonl", ".json"):
-        rows = []
         with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}, line {n}: not JSON ({e})") from e
-        return rows
+            return parse_json_lines(f, path)
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
