@@ -4,6 +4,8 @@
 
 Prints images/s, texts/s, the model's achieved GFLOP/s against a plain matmul's GFLOP/s measured in
 the same run (so a busy machine affects both), and the process's peak resident memory.
+Each batch runs as the package runs it (``musk.streams``): by default one concurrent call per thread on a
+part of the batch; ``--streams 1`` measures one call over the whole batch with all threads.
 FLOPs are counted analytically (2 per multiply-add) for the patch projection, every linear layer,
 and the two attention products; elementwise work is not counted.
 """
@@ -19,6 +21,7 @@ import timm
 import torch
 
 import musk  # noqa: F401  (registers the architectures)
+from musk.streams import default_streams, run_in_streams
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,9 +74,11 @@ def main() -> None:
     ap.add_argument("--precision", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--matmul_n", type=int, default=2048)
+    ap.add_argument("--streams", type=int, default=None, help="concurrent calls per batch (default: --threads)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    streams = default_streams("cpu") if args.streams is None else args.streams
     dtype = DTYPES[args.precision]
     model = timm.create_model(args.model).eval().to(dtype)
     cfg = model.config
@@ -82,23 +87,29 @@ def main() -> None:
     ids = torch.randint(4, 64000, (args.batch_size, args.text_len))
     ids[:, 0], ids[:, -1] = 0, 2
 
+    def encode_images() -> torch.Tensor:
+        return run_in_streams(model.encode_image, images, streams)
+
+    def encode_texts() -> torch.Tensor:
+        return run_in_streams(model.encode_text, ids, streams)
+
     with torch.inference_mode():
-        model.encode_image(images)  # warm-up
-        model.encode_text(ids)
+        encode_images()  # warm-up
+        encode_texts()
         image_times, fractions, peaks = [], [], []
         for _ in range(args.iters):
             # the peak is sampled right before and after each pass, so both see the same machine load
             before = matmul_peak_gflops(args.matmul_n, 3, dtype)
-            image_times.append(_timed(lambda: model.encode_image(images)))
+            image_times.append(_timed(encode_images))
             peak = max(before, matmul_peak_gflops(args.matmul_n, 3, dtype))
             peaks.append(peak)
             fractions.append(image_flops(cfg) * args.batch_size / image_times[-1] / 1e9 / peak)
-        text_times = [_timed(lambda: model.encode_text(ids)) for _ in range(args.iters)]
+        text_times = [_timed(encode_texts) for _ in range(args.iters)]
 
     t_img = statistics.median(image_times)
     t_txt = statistics.median(text_times)
     achieved = image_flops(cfg) * args.batch_size / t_img / 1e9
-    print(f"model {args.model}, {args.precision}, batch {args.batch_size}, {args.threads} threads")
+    print(f"model {args.model}, {args.precision}, batch {args.batch_size}, {args.threads} threads, {streams} streams")
     print(f"images/s            {args.batch_size / t_img:8.3f}   (median of {args.iters}, {t_img:.2f} s per batch)")
     print(f"texts/s             {args.batch_size / t_txt:8.3f}   ({args.text_len} tokens each)")
     print(f"model GFLOP/s       {achieved:8.1f}   ({image_flops(cfg) / 1e9:.1f} GFLOP per image)")

@@ -204,6 +204,24 @@ def test_embed_with_workers_gives_the_same_file(tmp_path, embedded, images, weig
         np.testing.assert_array_equal(with_workers[key], without[key])
 
 
+@pytest.mark.parametrize("streams", [1, 3])
+def test_embed_streams_give_the_same_rows(tmp_path, embedded, images, weights, streams):
+    out = tmp_path / "streams.npz"
+    args = ["embed", images["folder"], images["extra"], "-o", out, "--batch_size", 4, "--streams", streams]
+    assert run(*args, *model_args(weights)) == 1
+    with_streams, default = load_npz(out), load_npz(embedded[1])
+    assert with_streams["files"].tolist() == default["files"].tolist()
+    np.testing.assert_allclose(with_streams["embeddings"], default["embeddings"], rtol=1e-5, atol=1e-6)
+
+
+def test_embed_refuses_zero_streams(tmp_path, images, weights, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("embed", images["extra"], "-o", tmp_path / "x.npz", "--streams", 0, *model_args(weights))
+    assert exit_info.value.code == 2
+    assert "--streams: must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_embed_with_every_file_corrupt_writes_an_empty_table(tmp_path, images, weights):
     out = tmp_path / "none.npz"
     assert run("embed", images["corrupt"], "-o", out, *model_args(weights)) == 1

@@ -86,6 +86,9 @@ def test_extraction_kinds_and_workers(model, sample_slide):
     cls = extract_slide_features(model, sample_slide, grid, "cls", batch_size=4)
     with_workers = extract_slide_features(model, sample_slide, grid, "cls", batch_size=4, num_workers=2)
     np.testing.assert_array_equal(cls, with_workers)  # same patches in the same order
+    for streams in (1, 3):  # one call per batch, and batches of 4 split 2 + 1 + 1
+        in_streams = extract_slide_features(model, sample_slide, grid, "cls", batch_size=4, streams=streams)
+        np.testing.assert_allclose(in_streams, cls, rtol=1e-5, atol=1e-6)
     ms = extract_slide_features(model, sample_slide, grid, "ms", batch_size=4)
     proj = extract_slide_features(model, sample_slide, grid, "proj", batch_size=4)
     assert cls.shape == (6, 64) and ms.shape == (6, 128) and proj.shape == (6, 64)

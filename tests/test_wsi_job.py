@@ -15,6 +15,7 @@ from PIL import Image
 from musk import get_transform
 from musk.cli import main
 from musk.tokenizer import MuskTokenizer
+from musk.wsi import extract as extract_module
 from musk.wsi.h5 import read_patch_file
 from musk.wsi.job import WsiJobConfig, run_wsi_job
 from musk.wsi.patching import plan_patches
@@ -165,15 +166,23 @@ def test_changed_settings_are_refused(finished_job, slides, tiny, tmp_path, caps
     assert "features: 'cls' then, 'ms' now" in capsys.readouterr().err
 
 
-def test_stages_one_by_one_and_heatmap_from_the_job(slides, tiny, tmp_path, tokenizer_file, sample_slide):
+def test_stages_one_by_one_and_heatmap_from_the_job(slides, tiny, tmp_path, tokenizer_file, sample_slide, monkeypatch):
     job_dir = tmp_path / "job"
     base = ["--slides", str(slides / "s40.tif"), "--job_dir", str(job_dir)]
     assert main(["wsi", "segment", *base]) == 0
     assert (job_dir / "masks" / "s40.png").is_file() and not (job_dir / "patches").exists()
     assert main(["wsi", "patch", *base, "--patch_size", "128", "--mag", "40"]) == 0
     assert len(read_patch_file(job_dir / "patches" / "s40.h5")) == 6 * 6 + 4 * 6
-    extract = ["--model", TINY, "--weights", str(tiny[0]), "--device", "cpu", "--features", "ms"]
+    run_in_streams, streams_used = extract_module.run_in_streams, []
+
+    def recording(fn, batch, streams):
+        streams_used.append(streams)
+        return run_in_streams(fn, batch, streams)
+
+    monkeypatch.setattr(extract_module, "run_in_streams", recording)
+    extract = ["--model", TINY, "--weights", str(tiny[0]), "--device", "cpu", "--features", "ms", "--streams", "3"]
     assert main(["wsi", "extract", *base, "--patch_size", "128", "--mag", "40", *extract]) == 0
+    assert streams_used == [3, 3]  # 60 patches in batches of 32, each split over 3 calls
     ms = read_patch_file(job_dir / "features" / "s40.h5")
     assert ms.features.shape == (60, 128) and ms.attrs["feature_kind"] == "ms"
     heatmap = ["wsi", "heatmap", "--job_dir", str(job_dir), "--classes", *CLASSES, "--tokenizer", str(tokenizer_file)]

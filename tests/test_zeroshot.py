@@ -154,10 +154,10 @@ def test_zero_shot_classify_equals_the_steps_it_combines(model, tokenizer):
     assert probs.shape == (5, len(CLASSES))
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
-    # batching does not change the answer
-    torch.testing.assert_close(
-        zero_shot_classify(model, tokenizer, images, CLASSES, batch_size=2), probs, atol=1e-5, rtol=1e-4
-    )
+    # neither batching nor the split of a batch over concurrent calls changes the answer
+    for batch_size, streams in ((2, None), (5, 1), (5, 3)):
+        again = zero_shot_classify(model, tokenizer, images, CLASSES, batch_size=batch_size, streams=streams)
+        torch.testing.assert_close(again, probs, atol=1e-5, rtol=1e-4)
 
 
 def test_zero_shot_classify_on_the_demo_image(model, tokenizer, demo_image):

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .images import ImageFileDataset, LoadFailure, collate_images
 from .models import MUSK
 from .outputs import atomic_path
+from .streams import default_streams, run_in_streams
 from .transforms import get_transform
 
 logger = logging.getLogger(__name__)
@@ -50,14 +51,18 @@ def embed_images(
     ms_aug: bool = False,
     batch_size: int = 32,
     num_workers: int = 0,
+    streams: int | None = None,
     progress: bool = False,
 ) -> Embeddings:
     """Embed image files with the model's own preprocessing; unreadable files are listed, not fatal.
 
     Loading and preprocessing run in ``num_workers`` DataLoader processes while the model computes.
+    Each batch runs as ``streams`` concurrent calls (default: one per CPU thread on CPU, see
+    :mod:`musk.streams`).
     """
     paths = [Path(p) for p in paths]
     param = next(model.parameters())
+    streams = default_streams(param.device) if streams is None else streams
     loader = DataLoader(
         ImageFileDataset(paths, get_transform(model)),
         batch_size=batch_size,
@@ -71,7 +76,11 @@ def embed_images(
             _record_failure(failed, paths, failure)
         if len(batch.indices):
             images = batch.images.to(param.device, param.dtype, non_blocking=True)
-            out = model.encode_image(images, with_head=with_head, normalize=normalize, ms_aug=ms_aug)
+            out = run_in_streams(
+                lambda part: model.encode_image(part, with_head=with_head, normalize=normalize, ms_aug=ms_aug),
+                images,
+                streams,
+            )
             vectors.append(out.float().cpu().numpy())
             files.extend(str(paths[i]) for i in batch.indices.tolist())
     width = (2 if ms_aug and not with_head else 1) * model.embed_dim

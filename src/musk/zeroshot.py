@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import MUSK
+from .streams import default_streams, run_in_streams
 
 #: Generic pathology prompts; ``{}`` (or ``{c}``) is replaced by the class name.
 DEFAULT_TEMPLATES = (
@@ -60,13 +61,20 @@ def zero_shot_classify(
     class_names: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     batch_size: int = 32,
+    streams: int | None = None,
 ) -> torch.Tensor:
-    """(N, C) class probabilities for preprocessed images (see ``musk.get_transform``)."""
+    """(N, C) class probabilities for preprocessed images (see ``musk.get_transform``).
+
+    Each batch runs as ``streams`` concurrent calls (default: one per CPU thread on CPU, see :mod:`musk.streams`).
+    """
     classes = class_embeddings(model, tokenizer, class_names, templates)
     param = next(model.parameters())
+    streams = default_streams(param.device) if streams is None else streams
+
+    def encode(chunk: torch.Tensor) -> torch.Tensor:
+        return model.encode_image(chunk, with_head=True, normalize=True)
+
     with torch.inference_mode():
-        feats = [
-            model.encode_image(chunk.to(param.device, param.dtype), with_head=True, normalize=True)
-            for chunk in images.split(batch_size)
-        ]
+        chunks = (chunk.to(param.device, param.dtype) for chunk in images.split(batch_size))
+        feats = [run_in_streams(encode, chunk, streams) for chunk in chunks]
     return probabilities(model, torch.cat(feats), classes)

@@ -32,13 +32,23 @@ def add_model_args(parser: argparse.ArgumentParser, weights_help: str = WEIGHTS_
     group.add_argument("--cache_dir", default=None, help="Hugging Face cache directory (default: the standard one)")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
+def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 32, streams: bool = False) -> None:
     group = parser.add_argument_group("runtime")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: %(default)s)")
     group.add_argument("--precision", choices=sorted(DTYPES), default="fp32", help="default: %(default)s")
     group.add_argument("--batch_size", type=int, default=batch_size, help="default: %(default)s")
     group.add_argument("--num_workers", type=int, default=0, help="image loading processes (default: %(default)s)")
+    if streams:
+        help_text = "concurrent model calls per batch (default: one per thread on CPU, 1 on a GPU)"
+        group.add_argument("--streams", type=positive_int, default=None, help=help_text)
     group.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def run_config(args: argparse.Namespace) -> dict:

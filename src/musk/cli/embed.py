@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--with_head", action="store_true", help="apply the projection head (for retrieval)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     add_model_args(p)
-    add_runtime_args(p)
+    add_runtime_args(p, streams=True)
     p.set_defaults(run=run)
 
 
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         ms_aug=args.ms_aug,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
+        streams=args.streams,
         progress=show_progress(),
     )
     output = Path(args.output)

@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
                            help="cls: 1024-d CLS (TRIDENT); ms: 2048-d multi-scale; proj: head + normalised "
                                 "(default: %(default)s)")  # fmt: skip
         if name in ("extract", "run", "heatmap"):
-            add_runtime_args(p)
+            add_runtime_args(p, streams=name != "heatmap")
         if name in ("run", "heatmap"):
             _add_zeroshot_args(p, required=name == "heatmap")
         p.set_defaults(run=run, stage=name)

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--output", "-o", default=None, help="CSV to write (a .json with provenance goes beside it)")
     add_model_args(p)
-    add_runtime_args(p)
+    add_runtime_args(p, streams=True)
     p.set_defaults(run=run)
 
 
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         normalize=True,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
+        streams=args.streams,
         progress=show_progress(),
     )
     probs = probabilities(model, torch.from_numpy(result.vectors), classes)

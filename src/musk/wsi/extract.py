@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..models import MUSK
+from ..streams import default_streams, run_in_streams
 from .dataset import PatchPreprocessing, SlidePatchDataset
 from .patching import PatchGrid
 
@@ -69,14 +70,19 @@ def extract_slide_features(
     num_workers: int = 0,
     mpp: float | None = None,
     progress: bool = False,
+    streams: int | None = None,
 ) -> np.ndarray:
-    """(N, D) float32 features of the patches of ``grid``; ``mpp`` overrides the slide's metadata."""
+    """(N, D) float32 features of the patches of ``grid``; ``mpp`` overrides the slide's metadata.
+
+    Each batch runs as ``streams`` concurrent calls (default: one per CPU thread on CPU, see :mod:`musk.streams`).
+    """
     width = feature_width(model, kind)
     preprocessing = PatchPreprocessing(model)
     dataset = SlidePatchDataset(slide, grid, preprocessing, mpp)
     if len(dataset) == 0:
         return np.zeros((0, width), dtype=np.float32)
     param = next(model.parameters())
+    streams = default_streams(param.device) if streams is None else streams
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -89,7 +95,7 @@ def extract_slide_features(
     try:
         for pixels in tqdm(loader, desc=f"features {dataset.slide.name}", unit="batch", disable=not progress):
             images = preprocessing.normalise(pixels.to(param.device, non_blocking=True)).to(param.dtype)
-            feats = encode_patches(model, images, kind)
+            feats = run_in_streams(lambda part: encode_patches(model, part, kind), images, streams)
             out[done : done + len(feats)] = feats.float().cpu().numpy()
             done += len(feats)
     finally:

@@ -84,6 +84,7 @@ class WsiJobConfig:
     precision: str = "fp32"
     batch_size: int = 32
     num_workers: int = 0
+    streams: int | None = None  # concurrent model calls per batch; None: one per CPU thread on CPU
     seed: int = 0
     progress: bool = False
 
@@ -271,7 +272,7 @@ class _Job:
 
         cfg = self.config
         features = extract_slide_features(self.model, entry.path, grid, cfg.features, cfg.batch_size,
-                                          cfg.num_workers, reader.mpp, cfg.progress)  # fmt: skip
+                                          cfg.num_workers, reader.mpp, cfg.progress, cfg.streams)  # fmt: skip
         attrs = {
             **grid.attrs(reader, entry.name),
             "encoder": cfg.model,
