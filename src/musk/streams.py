@@ -27,12 +27,12 @@ def run_in_streams(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tens
 
     The process's intra-op threads are shared out among the calls and restored afterwards, so other
     PyTorch work started from another thread meanwhile runs with the smaller count. Each call sees the
-    caller's grad and inference mode. With one stream, or one row, ``fn`` runs once in this thread.
+    caller's grad and inference mode. With one stream, or at most one row, ``fn`` runs once in this thread.
     """
     if streams < 1:
         raise ValueError(f"streams must be at least 1, got {streams}")
-    parts = [p for p in batch.tensor_split(min(streams, len(batch))) if len(p)]
-    if len(parts) <= 1:
+    parts = batch.tensor_split(max(1, min(streams, len(batch))))
+    if len(parts) == 1:
         return fn(batch)
     threads = torch.get_num_threads()
     per_call = max(1, threads // len(parts))
