@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..outputs import file_sha256
+from ..streams import default_streams, run_in_streams
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
 
 class MuskAdapter(ModelAdapter):
     """MUSK: embeddings from the projection heads; probe features are the normalised CLS token (``ms_aug``
-    concatenates the multi-scale CLS tokens), as the upstream linear probe uses."""
+    concatenates the multi-scale CLS tokens), as the upstream linear probe uses. On CPU each batch runs as
+    one concurrent call per thread (:mod:`musk.streams`)."""
 
     def __init__(self, name, pretrained, device, dtype, tokenizer=None, cache_dir=None):
         from ..models import create_model
@@ -109,10 +111,12 @@ class MuskAdapter(ModelAdapter):
 
     @torch.inference_mode()
     def encode_images(self, images, kind, ms_aug=False):
-        images = images.to(self.device, self.dtype)
-        if kind == "embedding":
-            return self.module.encode_image(images, with_head=True, normalize=True).float()
-        return self.module.encode_image(images, with_head=False, normalize=True, ms_aug=ms_aug).float()
+        def encode(part: torch.Tensor) -> torch.Tensor:
+            if kind == "embedding":
+                return self.module.encode_image(part, with_head=True, normalize=True).float()
+            return self.module.encode_image(part, with_head=False, normalize=True, ms_aug=ms_aug).float()
+
+        return run_in_streams(encode, images.to(self.device, self.dtype), default_streams(self.device))
 
     def tokenizer(self):
         if self._tokenizer is None:
