@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..models import MUSK
+from .models import musk_weights
 
 __all__ = [
     "adapt_to_sharding",
@@ -25,8 +26,6 @@ __all__ = [
     "restore_scalars",
     "vector_scalars",
 ]
-
-_PREFIX = "musk."  # where the pretraining models hold their MUSK
 
 
 def _flag(name: str) -> bool:
@@ -151,6 +150,5 @@ def evaluation_musk(accelerator, model: nn.Module) -> MUSK | None:
         return None
     with torch.device("meta"):
         musk = MUSK(accelerator.unwrap_model(model).musk.config)
-    state = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
-    musk.load_state_dict(restore_scalars(state, musk.state_dict()), strict=True, assign=True)
+    musk.load_state_dict(restore_scalars(musk_weights(state), musk.state_dict()), strict=True, assign=True)
     return musk.to(accelerator.device)

@@ -16,6 +16,7 @@ from ..models import MUSK, CheckpointMismatchError, create_model
 from ..outputs import atomic_path, provenance, write_json
 from .checkpoint import TRAINER_STATE, best_checkpoint, latest_checkpoint
 from .distributed import restore_scalars
+from .models import MUSK_PREFIX, musk_weights
 
 __all__ = ["export_weights", "find_checkpoint", "load_musk_for_training", "musk_state_from_checkpoint"]
 
@@ -24,7 +25,6 @@ logger = logging.getLogger(__name__)
 _MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fsdp.bin")
 _SHARDED = "pytorch_model_fsdp_0"  # FSDP SHARDED_STATE_DICT: a torch.distributed.checkpoint folder
 _DEEPSPEED = "pytorch_model/mp_rank_00_model_states.pt"  # DeepSpeed ZeRO-1/2: the whole model under "module"
-_PREFIX = "musk."
 
 
 def find_checkpoint(source: str | os.PathLike) -> Path:
@@ -66,9 +66,9 @@ def musk_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch
     else:
         path = checkpoint / _SHARDED
         state = _load_sharded(path)
-    musk = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
+    musk = musk_weights(state)
     if not musk:
-        raise CheckpointMismatchError(f"{path} holds no MUSK weights (no keys starting with {_PREFIX!r})")
+        raise CheckpointMismatchError(f"{path} holds no MUSK weights (no keys starting with {MUSK_PREFIX!r})")
     return musk
 
 

@@ -14,7 +14,15 @@ from torch import nn
 from ..models import MUSK
 from .objectives import ObjectiveOutput, StepContext, clip_loss, masked_token_loss
 
-__all__ = ["CaptionDecoder", "ContrastiveModel", "MaskedModellingModel"]
+__all__ = ["MUSK_PREFIX", "CaptionDecoder", "ContrastiveModel", "MaskedModellingModel", "musk_weights"]
+
+#: Where the pretraining models hold their MUSK, in their state dicts.
+MUSK_PREFIX = "musk."
+
+
+def musk_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The MUSK tensors of a pretraining model's state dict, under the published keys (heads dropped)."""
+    return {k[len(MUSK_PREFIX) :]: v for k, v in state.items() if k.startswith(MUSK_PREFIX)}
 
 
 def _init_linear(module: nn.Module) -> None:
