@@ -133,10 +133,10 @@ def _set_rng_state(state: tuple, device: torch.device) -> None:
 
 
 def _step_context(accelerator, model, setup: StageSetup, batches: list[dict]) -> tuple[StepContext, list]:
-    """The step's target counts over all micro-batches and processes and, for a contrastive stage under
-    accumulation, the step's features (a forward without gradients per micro-batch, gathered from every
-    process) with the RNG state each one started from, so that its training forward draws the same drop
-    path and its features equal the cached ones."""
+    """Of the step's micro-batches (on the device): their target counts summed over all processes and, for
+    a contrastive stage under accumulation, the step's features (a forward without gradients per
+    micro-batch, gathered from every process) with the RNG state each one started from, so that its
+    training forward draws the same drop path and its features equal the cached ones."""
     counts: dict[str, int] = {}
     for batch in batches:
         for name, n in accelerator.unwrap_model(model).target_counts(batch).items():
@@ -152,7 +152,7 @@ def _step_context(accelerator, model, setup: StageSetup, batches: list[dict]) ->
     with torch.no_grad():
         for batch in batches:
             states.append(_rng_state(accelerator.device))
-            features = model(_to_device(batch, accelerator.device), features_only=True)
+            features = model(batch, features_only=True)
             image.append(gather_with_grad(features[0]))
             text.append(gather_with_grad(features[1]))
     return replace(context, features=(torch.cat(image), torch.cat(text))), states
@@ -210,20 +210,19 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
     log = RunLog(output_dir, start, total, enabled=main, progress=config.progress, tensorboard=config.tensorboard)
     metrics: dict = {}
     model.train()
-    final = checkpoint
+    final, device = checkpoint, accelerator.device
     for step in range(start, total):
         lr = set_lr(optimizer, lr_factor(step, warmup, total, config.min_lr / config.lr))
         tic = time.perf_counter()
-        batches = [_next_micro_batch(loaders, positions) for _ in range(config.grad_accum)]
+        batches = [_to_device(_next_micro_batch(loaders, positions), device) for _ in range(config.grad_accum)]
         data_s, tic = time.perf_counter() - tic, time.perf_counter()
         context, rng_states = _step_context(accelerator, model, setup, batches)
         sums: dict[str, float] = {}
         for m, batch in enumerate(batches):
-            batch = _to_device(batch, accelerator.device)
             if setup.prepare is not None:
                 batch = setup.prepare(batch)
             if rng_states:
-                _set_rng_state(rng_states[m], accelerator.device)
+                _set_rng_state(rng_states[m], device)
             sync = nullcontext() if m == config.grad_accum - 1 else accelerator.no_sync(model)
             with sync:
                 out = model(batch, replace(context, index=m))
@@ -238,7 +237,7 @@ def train_stage(config: RunConfig, build: Callable[[object], StageSetup], stage:
                 sums["grad_norm"] = float(norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if accelerator.device.type == "cuda":
+        if device.type == "cuda":
             torch.cuda.synchronize()
         compute_s = time.perf_counter() - tic
         metrics = {**sums, "lr": lr}
