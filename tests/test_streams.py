@@ -135,3 +135,6 @@ def test_default_is_one_stream_per_cpu_thread_and_one_elsewhere(four_threads):
     assert default_streams("cpu") == 4
     assert default_streams(torch.device("cuda", 0)) == 1
     assert default_streams("mps") == 1
+    parts = []
+    run_in_streams(lambda part: parts.append(len(part)) or part, torch.zeros(8, 1))  # streams from the batch's device
+    assert parts == [2, 2, 2, 2]

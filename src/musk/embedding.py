@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .images import ImageFileDataset, LoadFailure, collate_images
 from .models import MUSK
 from .outputs import atomic_path
-from .streams import default_streams, run_in_streams
+from .streams import run_in_streams
 from .transforms import get_transform
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ def embed_images(
     """
     paths = [Path(p) for p in paths]
     param = next(model.parameters())
-    streams = default_streams(param.device) if streams is None else streams
     loader = DataLoader(
         ImageFileDataset(paths, get_transform(model)),
         batch_size=batch_size,

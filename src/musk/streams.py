@@ -23,13 +23,17 @@ def default_streams(device: torch.device | str) -> int:
     return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
 
 
-def run_in_streams(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, streams: int) -> torch.Tensor:
-    """``fn(batch)`` computed as up to ``streams`` concurrent calls on consecutive parts, joined in order.
+def run_in_streams(
+    fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, streams: int | None = None
+) -> torch.Tensor:
+    """``fn(batch)`` computed as up to ``streams`` concurrent calls on consecutive parts, joined in order
+    (default: :func:`default_streams` of the batch's device).
 
     The process's intra-op threads are shared out among the calls and restored afterwards, so other
     PyTorch work started from another thread meanwhile runs with the smaller count. Each call sees the
     caller's grad and inference mode. With one stream, or at most one row, ``fn`` runs once in this thread.
     """
+    streams = default_streams(batch.device) if streams is None else streams
     if streams < 1:
         raise ValueError(f"streams must be at least 1, got {streams}")
     parts = batch.tensor_split(max(1, min(streams, len(batch))))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import MUSK
-from .streams import default_streams, run_in_streams
+from .streams import run_in_streams
 
 #: Generic pathology prompts; ``{}`` (or ``{c}``) is replaced by the class name.
 DEFAULT_TEMPLATES = (
@@ -69,7 +69,6 @@ def zero_shot_classify(
     """
     classes = class_embeddings(model, tokenizer, class_names, templates)
     param = next(model.parameters())
-    streams = default_streams(param.device) if streams is None else streams
 
     def encode(chunk: torch.Tensor) -> torch.Tensor:
         return model.encode_image(chunk, with_head=True, normalize=True)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..outputs import file_sha256
-from ..streams import default_streams, run_in_streams
+from ..streams import run_in_streams
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class MuskAdapter(ModelAdapter):
                 return self.module.encode_image(part, with_head=True, normalize=True).float()
             return self.module.encode_image(part, with_head=False, normalize=True, ms_aug=ms_aug).float()
 
-        return run_in_streams(encode, images.to(self.device, self.dtype), default_streams(self.device))
+        return run_in_streams(encode, images.to(self.device, self.dtype))
 
     def tokenizer(self):
         if self._tokenizer is None:

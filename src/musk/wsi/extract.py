@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..models import MUSK
-from ..streams import default_streams, run_in_streams
+from ..streams import run_in_streams
 from .dataset import PatchPreprocessing, SlidePatchDataset
 from .patching import PatchGrid
 
@@ -82,7 +82,6 @@ def extract_slide_features(
     if len(dataset) == 0:
         return np.zeros((0, width), dtype=np.float32)
     param = next(model.parameters())
-    streams = default_streams(param.device) if streams is None else streams
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
