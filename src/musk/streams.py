@@ -3,7 +3,7 @@
 One call with N intra-op threads synchronises the N threads after every operator and runs the attention
 kernel's small matrix products poorly in parallel. N calls on 1/N of the batch with one thread each keep
 every core busy on its own work (the "streams" of CPU serving stacks); on the 2-core development machine
-this raised the large model's share of the fp32 matmul peak by 3.5-6 points, to 84-87 %
+this raised the large model's share of the fp32 matmul peak by 3-6 points, to 84-89 %
 (``benchmarks/throughput.py``).
 The model is safe to call from several threads, so the parts need no copies of it.
 """
