@@ -39,7 +39,25 @@ def text_embedding(model, tokenizer, prompt: str) -> torch.Tensor:
 def test_fill_template_accepts_both_placeholders():
     assert fill_template("an image of {}.", "necrosis") == "an image of necrosis."
     assert fill_template("an image of {c}.", "necrosis") == "an image of necrosis."
+    assert fill_template("{0} or {{braces}}", "necrosis") == "necrosis or {braces}"
     assert fill_template("{c}, that is {c}", "tumor") == "tumor, that is tumor"
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("an image", "must contain the class placeholder"),
+        ("", "must contain the class placeholder"),
+        ("{{}} literal braces", "must contain the class placeholder"),
+        ("{x} of {}", "no other field"),
+        ("{} and {1}", "no other field"),
+        ("an image of {", "not a valid format string"),
+    ],
+)
+def test_templates_without_the_one_placeholder_are_refused(template, message):
+    """Without the placeholder every class would get the same prompt, and the same probability."""
+    with pytest.raises(ValueError, match=message):
+        fill_template(template, "tumor")
 
 
 def test_class_embeddings_are_the_renormalised_mean_of_normalised_prompts(model, tokenizer):
@@ -97,6 +115,29 @@ def test_default_templates_are_used_and_fill(model, tokenizer):
 def test_empty_classes_or_templates_are_refused(model, tokenizer, classes, templates):
     with pytest.raises(ValueError, match="at least one"):
         class_embeddings(model, tokenizer, classes, templates)
+
+
+@pytest.mark.parametrize(
+    ("classes", "templates", "error", "message"),
+    [
+        ("tumor", ["{}."], TypeError, "class_names must be a list"),
+        (CLASSES, "an image of {}.", TypeError, "templates must be a list"),
+        (["tumor", " "], ["{}."], ValueError, "must not be blank"),
+        (["tumor", "stroma", "tumor"], ["{}."], ValueError, r"repeated: \['tumor'\]"),
+        (CLASSES, ["{}.", "an image"], ValueError, "placeholder"),
+    ],
+)
+def test_class_names_and_templates_are_checked(model, tokenizer, classes, templates, error, message):
+    """One string would be read as one class per character; repeats and blanks give useless columns."""
+    with pytest.raises(error, match=message):
+        class_embeddings(model, tokenizer, classes, templates)
+    with pytest.raises(error, match=message):
+        zero_shot_classify(model, tokenizer, torch.zeros(1, 3, 64, 64), classes, templates)
+
+
+def test_zero_shot_classify_refuses_a_batch_size_below_one(model, tokenizer):
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        zero_shot_classify(model, tokenizer, torch.zeros(2, 3, 64, 64), CLASSES, batch_size=0)
 
 
 @pytest.fixture

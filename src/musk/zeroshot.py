@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 
 import torch
@@ -17,11 +18,42 @@ DEFAULT_TEMPLATES = (
     "histopathology image of {}.",
     "an H&E stained image of {}.",
 )
+#: Format fields that stand for the class name in a template.
+PLACEHOLDERS = frozenset({"", "0", "c"})
 
 
 def fill_template(template: str, class_name: str) -> str:
-    """A prompt for one class; templates use ``{}`` or the upstream ``{c}`` placeholder."""
+    """A prompt for one class; templates use ``{}`` (or ``{0}``) or the upstream ``{c}`` placeholder.
+
+    A template without a placeholder, or with any other field, raises ``ValueError``: it would give every
+    class the same prompt.
+    """
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as e:
+        raise ValueError(f"template {template!r} is not a valid format string: {e}") from None
+    if not fields or not fields <= PLACEHOLDERS:
+        raise ValueError(f"template {template!r} must contain the class placeholder {{}} (or {{c}}) and no other field")
     return template.format(class_name, c=class_name)
+
+
+def class_prompts(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> list[str]:
+    """Every template filled with every class name, class by class.
+
+    Raises unless both are non-empty lists (not single strings), the names distinct and non-blank, and every
+    template has the class placeholder.
+    """
+    for what, value in (("class_names", class_names), ("templates", templates)):
+        if isinstance(value, str):
+            raise TypeError(f"{what} must be a list, not one string ({value!r})")
+        if not value:
+            raise ValueError(f"zero-shot classification needs at least one of {what}")
+    if any(not str(name).strip() for name in class_names):
+        raise ValueError(f"class names must not be blank: {list(class_names)}")
+    repeated = sorted({name for name in class_names if list(class_names).count(name) > 1})
+    if repeated:
+        raise ValueError(f"class names must be distinct; repeated: {repeated}")
+    return [fill_template(t, name) for name in class_names for t in templates]
 
 
 @torch.inference_mode()
@@ -32,12 +64,8 @@ def class_embeddings(
     templates: Sequence[str] = DEFAULT_TEMPLATES,
 ) -> torch.Tensor:
     """(C, D) unit vectors: the mean of each class's normalised prompt embeddings, renormalised."""
-    if not class_names:
-        raise ValueError("zero-shot classification needs at least one class name")
-    if not templates:
-        raise ValueError("zero-shot classification needs at least one template")
+    prompts = class_prompts(class_names, templates)
     device = next(model.parameters()).device
-    prompts = [fill_template(t, name) for name in class_names for t in templates]
     ids, mask = tokenizer(prompts)
     text = model.encode_text(ids.to(device), mask.to(device), with_head=True, normalize=True)
     text = text.float().reshape(len(class_names), len(templates), -1).mean(dim=1)
@@ -67,6 +95,8 @@ def zero_shot_classify(
 
     Each batch runs as ``streams`` concurrent calls (default: one per CPU thread on CPU, see :mod:`musk.streams`).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     classes = class_embeddings(model, tokenizer, class_names, templates)
     param = next(model.parameters())
 
