@@ -271,6 +271,16 @@ def test_list_images_expands_directories_sorted_and_keeps_files(tmp_path):
     assert list_images([tmp_path / "data" / "slide.svs"]) == [tmp_path / "data" / "slide.svs"]
 
 
+def test_list_images_keeps_two_links_to_one_file_and_drops_a_path_named_twice(tmp_path):
+    """A class-folder layout built from symlinks names one file under two classes: both rows are wanted."""
+    make_tree(tmp_path / "data")
+    for label in ("tumor", "normal"):
+        (tmp_path / "links" / label).mkdir(parents=True)
+        (tmp_path / "links" / label / "case1.png").symlink_to(tmp_path / "data" / "b" / "2.png")
+    found = list_images([tmp_path / "links", tmp_path / "links" / "normal" / ".." / "normal" / "case1.png"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["links/normal/case1.png", "links/tumor/case1.png"]
+
+
 def test_list_images_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")

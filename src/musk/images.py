@@ -22,6 +22,7 @@ back). Larger images raise :class:`ImageLoadError`; whole-slide images belong to
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -156,7 +157,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             if max_pixels is not None and pixels > max_pixels:
                 raise ImageLoadError(
                     f"cannot load image {str(path)!r}: {src.width}x{src.height} = {pixels} pixels exceeds "
-                    f"max_pixels={max_pixels} (pass a larger max_pixels, or read whole slides with musk.wsi)"
+                    f"max_pixels={max_pixels} (read whole slides with `musk wsi`; musk.load_image takes a larger limit)"
                 )
             src.load()
             oriented = ImageOps.exif_transpose(src)  # always a new image, detached from the file
@@ -184,7 +185,7 @@ def _images_under(directory: Path) -> list[Path]:
 
 def list_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     """Image files named by ``inputs``: files are kept as given (any extension), directories are searched
-    recursively for :data:`IMAGE_EXTENSIONS` (sorted, hidden entries skipped). Duplicates are dropped.
+    recursively for :data:`IMAGE_EXTENSIONS` (sorted, hidden entries skipped). A path named twice is kept once.
 
     Raises ``FileNotFoundError`` naming a path that does not exist, ``ValueError`` when nothing is found.
     """
@@ -203,7 +204,7 @@ def list_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
         else:
             raise FileNotFoundError(f"input {str(path)!r} does not exist")
         for candidate in candidates:
-            key = candidate.resolve()
+            key = Path(os.path.abspath(candidate))  # not resolve(): two links to one file are two inputs
             if key not in seen:
                 seen.add(key)
                 result.append(candidate)
