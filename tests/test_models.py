@@ -102,6 +102,32 @@ def test_wrong_image_size_names_the_expected_size(model):
         model.encode_image(torch.zeros(3, 64, 64))
 
 
+def test_integer_images_are_refused_and_other_float_types_cast(model, images):
+    """Raw uint8 pixels mean the preprocessing was skipped; float64 (from numpy) is just another float."""
+    expected = r"float images normalised by musk.get_transform\(model\), got dtype torch.uint8"
+    with pytest.raises(ValueError, match=expected):
+        model.encode_image(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    with torch.inference_mode():
+        want = model.encode_image(images)
+        torch.testing.assert_close(model.encode_image(images.double()), want)
+        torch.testing.assert_close(model.encode_image(images.half()), model.encode_image(images.half().float()))
+
+
+def test_empty_batch_in_every_image_mode(model):
+    empty = torch.zeros(0, 3, 64, 64)
+    with torch.inference_mode():
+        assert model.encode_image(empty).shape == (0, 64)
+        assert model.encode_image(empty, with_head=False, ms_aug=True).shape == (0, 128)
+        assert model.encode_image(empty, ms_aug=True).shape == (0, 64)
+
+
+def test_unknown_architecture_lists_the_registered_ones():
+    with pytest.raises(ValueError, match=r"unknown MUSK architecture 'vit_base_patch16_224'.*musk_tiny_patch16_64"):
+        musk.create_model("vit_base_patch16_224")
+    with pytest.raises(ValueError, match="'musk_huge'"):
+        musk.create_model("musk_huge", pretrained="hf_hub:xiangjx/musk")
+
+
 def test_ms_aug_shapes_and_head_at_any_width(model, images):
     with torch.inference_mode():
         plain = model.encode_image(images, with_head=False, normalize=False)

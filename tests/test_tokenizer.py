@@ -176,6 +176,15 @@ def test_get_tokenizer_missing_path(tmp_path: Path) -> None:
         get_tokenizer(missing)
 
 
+def test_a_file_that_is_not_a_sentencepiece_model_is_named(tmp_path: Path) -> None:
+    not_spm = tmp_path / "weights.safetensors"
+    not_spm.write_bytes(b"\x08" + bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=f"{not_spm} is not a sentencepiece model"):
+        get_tokenizer(not_spm)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        MuskTokenizer(tmp_path / "nowhere.spm")
+
+
 def test_get_tokenizer_from_hub(monkeypatch, tokenizer_file: Path, tmp_path: Path) -> None:
     calls = []
 

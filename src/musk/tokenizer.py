@@ -64,7 +64,12 @@ class MuskTokenizer:
 
     def __init__(self, model_file: str | os.PathLike) -> None:
         self.model_file = Path(model_file)
-        self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        if not self.model_file.is_file():
+            raise FileNotFoundError(f"tokenizer model file not found: {self.model_file}")
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        except (RuntimeError, OSError) as e:
+            raise ValueError(f"{self.model_file} is not a sentencepiece model (tokenizer.spm): {e}") from None
         self._sp_size = self._sp.get_piece_size()
         self._specials = {
             "<s>": self.bos_token_id,
@@ -167,6 +172,4 @@ def get_tokenizer(path: str | os.PathLike | None = None, cache_dir: str | os.Pat
         model_file = download_from_hub(HUB_REPO_ID, TOKENIZER_FILENAME, cache_dir=cache_dir)
     else:
         model_file = Path(path).expanduser()
-        if not model_file.is_file():
-            raise FileNotFoundError(f"tokenizer model file not found: {model_file}")
     return MuskTokenizer(model_file)

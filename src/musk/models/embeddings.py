@@ -24,14 +24,17 @@ class VisionEmbedding(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
 
     def forward(self, images: torch.Tensor, masked_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, S, S) images -> (B, 1 + patches, D); ``masked_positions`` (B, patches) swaps in the mask token."""
+        """(B, C, S, S) float images (cast to the model's dtype) -> (B, 1 + patches, D);
+        ``masked_positions`` (B, patches) swaps in the mask token."""
         expected = (self.in_chans, self.img_size, self.img_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(
                 f"expected images of shape (batch, {', '.join(map(str, expected))}), got {tuple(images.shape)}; "
                 f"resize with musk.get_transform(model) or use ms_aug for larger inputs"
             )
-        x = self.proj(images).flatten(2).transpose(1, 2)
+        if not images.is_floating_point():
+            raise ValueError(f"expected float images normalised by musk.get_transform(model), got dtype {images.dtype}")
+        x = self.proj(images.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
         if masked_positions is not None:
             w = masked_positions.unsqueeze(-1).to(x.dtype)
             x = x * (1 - w) + self.mask_token.to(x.dtype) * w

@@ -27,7 +27,11 @@ def create_model(
     ``pretrained``: None or False for random weights; True for the architecture's published weights;
     ``"hf_hub:owner/name"``; or a local ``.safetensors``/``.pth``/``.bin`` file or a directory holding one.
     Loading is strict and never builds the random initialisation it would overwrite.
+    Raises ``ValueError`` for a name that is not a registered MUSK architecture.
     """
+    architectures = timm.list_models("musk_*")
+    if name.partition(".")[0] not in architectures:  # a pretrained tag may follow the dot
+        raise ValueError(f"unknown MUSK architecture {name!r}; registered: {', '.join(architectures)}")
     if pretrained is None or pretrained is False:
         model = timm.create_model(name, **kwargs)
     else:

@@ -164,7 +164,7 @@ class MUSK(nn.Module):
             n = side // tile
             tiles = x.reshape(b, c, n, tile, n, tile).permute(2, 4, 0, 1, 3, 5).reshape(n * n * b, c, tile, tile)
             cls = self.forward_features(tiles)[:, 0]
-            parts.append(cls.reshape(n * n, b, -1).mean(0))
+            parts.append(cls.reshape(n * n, b, cls.shape[-1]).mean(0))
         return torch.cat(parts, dim=-1)
 
     # ---- training switches -----------------------------------------------------------------
