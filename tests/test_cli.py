@@ -376,6 +376,90 @@ def test_bad_option_is_a_usage_error(capsys):
     assert "--precision" in capsys.readouterr().err
 
 
+@pytest.fixture
+def no_model(monkeypatch):
+    """Commands that must stop before building the model: building it fails the test."""
+
+    def refuse(args):
+        raise AssertionError("the model was built")
+
+    for command in ("embed", "zeroshot"):
+        monkeypatch.setattr(f"musk.cli.{command}.model_from_args", refuse)
+
+
+@pytest.mark.parametrize("command", ["embed", "zeroshot"])
+@pytest.mark.parametrize("case", ["json", "folder", "under_a_file"])
+def test_unwritable_output_is_refused_before_any_work(tmp_path, images, weights, no_model, command, case, capsys):
+    """A .json output would be overwritten by the provenance record written beside it."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("keep me")
+    output = {"json": tmp_path / "out.json", "folder": tmp_path / "folder", "under_a_file": tmp_path / "a_file" / "o"}
+    extra = ["--classes", "a", "b"] if command == "zeroshot" else []
+    assert run(command, images["grey"], *extra, "-o", output[case], *model_args(weights)) == 2
+    assert str(output[case]) in error_line(capsys, command)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folder"]
+    assert (tmp_path / "a_file").read_text() == "keep me" and not any((tmp_path / "folder").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("classes", "templates", "message"),
+    [
+        (["a", "b"], ["a photo"], "must contain the class placeholder"),
+        (["a", "b"], ["a photo of {x}"], "no other field"),
+        (["a", "b"], ["{1} tissue"], "no other field"),
+        (["a", "b"], ["{ tissue"], "not a valid format string"),
+        (["a", "a"], ["{}"], "repeated: ['a']"),
+        (["", "b"], ["{}"], "must not be blank"),
+    ],
+)
+def test_zeroshot_bad_classes_or_templates_stop_before_the_model(
+    tmp_path, images, weights, no_model, classes, templates, message, capsys
+):
+    args = ["zeroshot", images["grey"], "--classes", *classes, "--templates", *templates, "-o", tmp_path / "z.csv"]
+    assert run(*args, *model_args(weights)) == 2
+    assert message in error_line(capsys, "zeroshot")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("device", "message"), [("foo", "unknown device 'foo'"), ("cuda:0", "no usable CUDA GPU")])
+def test_unusable_device_is_one_line(tmp_path, images, weights, device, message, capsys):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = ["embed", images["grey"], "-o", tmp_path / "e.npz", *model_args(weights), "--device", device]
+    assert run(*args) == 2
+    assert message in error_line(capsys, "embed")
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_unknown_architecture_lists_the_registered_ones(tmp_path, images, weights, capsys):
+    args = ["embed", images["grey"], "-o", tmp_path / "e.npz", "--weights", weights, "--model", "musk_huge"]
+    assert run(*args) == 2
+    line = error_line(capsys, "embed")
+    assert "unknown MUSK architecture 'musk_huge'" in line and TINY in line and "musk_large_patch16_384" in line
+
+
+def test_a_file_that_is_not_a_tokenizer_is_named(tmp_path, images, weights, capsys):
+    not_spm = tmp_path / "tokenizer.spm"
+    not_spm.write_bytes(bytes(range(256)) * 4)
+    args = ["zeroshot", images["grey"], "--classes", "a", "b", "--tokenizer", not_spm, *model_args(weights)]
+    assert run(*args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the weights' INFO line
+    assert last.startswith("musk zeroshot: error: ") and f"{not_spm} is not a sentencepiece model" in last
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, tmp_path, images, weights, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("musk.cli.embed.embed_images", interrupted)
+    assert run("embed", images["grey"], "-o", tmp_path / "e.npz", *model_args(weights)) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "musk embed: interrupted"
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt):
+        run("-v", "embed", images["grey"], "-o", tmp_path / "e.npz", *model_args(weights))
+
+
 # ---- musk info ----------------------------------------------------------------------------------------
 
 

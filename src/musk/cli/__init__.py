@@ -14,7 +14,19 @@ from . import bench, embed, info, mil, pretrain, vqa, wsi, zeroshot
 
 SUBCOMMANDS = (info, embed, zeroshot, vqa, wsi, bench, mil, pretrain)
 #: Errors that are the user's to fix: reported in one line, exit status 2.
-USER_ERRORS = (WeightsUnavailableError, CheckpointMismatchError, ImageLoadError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    WeightsUnavailableError,
+    CheckpointMismatchError,
+    ImageLoadError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+#: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
+INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"musk {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(f"musk {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +45,20 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 32, stre
     group.add_argument("--seed", type=int, default=0, help="default: %(default)s")
 
 
+def output_path(name: str) -> Path:
+    """The output file ``name``, checked before any work is done: not a folder, not under a file, and not a
+    ``.json`` (that name is taken by the provenance record written beside it)."""
+    path = Path(name)
+    if path.is_dir():
+        raise ValueError(f"output {name!r} is a folder; name a file in it")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"output {name!r} cannot be created: {str(blocker)!r} is a file")
+    if path.suffix == ".json":
+        raise ValueError(f"output {name!r}: .json names the provenance record written beside it; use another suffix")
+    return path
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -57,13 +72,28 @@ def run_config(args: argparse.Namespace) -> dict:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` stands for ("auto": the first of cuda, mps, cpu); ``ValueError`` if it is unusable here."""
     if name != "auto":
-        return torch.device(name)
+        return _usable_device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _usable_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from ..embedding import embed_images
 from ..images import list_images
 from ..models.loading import resolve_weights
 from ..outputs import provenance, write_json
-from .common import add_model_args, add_runtime_args, model_from_args, run_config, show_progress
+from .common import add_model_args, add_runtime_args, model_from_args, output_path, run_config, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +27,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    output = output_path(args.output)
     paths = list_images(args.images)
     model = model_from_args(args)
     result = embed_images(
@@ -41,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
         streams=args.streams,
         progress=show_progress(),
     )
-    output = Path(args.output)
     result.save(output)
     config = run_config(args)
     record = provenance(config, resolve_weights(args.weights, args.cache_dir))

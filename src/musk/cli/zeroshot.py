@@ -15,8 +15,8 @@ from ..images import list_images
 from ..models.loading import parse_hub_id, resolve_weights
 from ..outputs import atomic_path, provenance, write_json
 from ..tokenizer import TOKENIZER_FILENAME, get_tokenizer
-from ..zeroshot import DEFAULT_TEMPLATES, class_embeddings, probabilities
-from .common import add_model_args, add_runtime_args, model_from_args, run_config, show_progress
+from ..zeroshot import DEFAULT_TEMPLATES, class_embeddings, class_prompts, probabilities
+from .common import add_model_args, add_runtime_args, model_from_args, output_path, run_config, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def tokenizer_source(tokenizer: str | None, weights: str) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    output = output_path(args.output) if args.output else None
+    class_prompts(args.classes, args.templates)  # bad names or templates fail before the model loads
     paths = list_images(args.images)
     model = model_from_args(args)
     tokenizer = get_tokenizer(tokenizer_source(args.tokenizer, args.weights), cache_dir=args.cache_dir)
@@ -75,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     rows += [[name, *([""] * len(args.classes)), "FAILED: " + error] for name, error in result.failed.items()]
     header = ["file", *args.classes, "prediction"]
     csv.writer(sys.stdout).writerows([header, *rows])
-    if args.output:
-        output = Path(args.output)
+    if output is not None:
         with atomic_path(output) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([header, *rows])
         config = run_config(args)
