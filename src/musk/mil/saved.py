@@ -7,6 +7,7 @@ and predictions average over them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,14 @@ from .models import MILModel
 
 __all__ = ["SavedMIL", "load_mil_models", "save_mil_model"]
 
+logger = logging.getLogger(__name__)
+
 WEIGHTS_FILENAME = "model.safetensors"
 CONFIG_FILENAME = "config.json"
 FORMAT = "musk-mil"
 _ARCH_KEYS = ("out_dim", "feature_dim", "text_dim", "model", "fusion", "hidden", "dropout")
+# What the fold models of one run share; a run_key (or one of these) that differs means another run's fold.
+_RUN_KEYS = ("task", "classes", "out_dim", "feature_dim", "text_dim", "fusion", "survival_loss", "n_folds", "run_key")
 
 
 @dataclass
@@ -87,20 +92,56 @@ def _load_one(directory: Path, device: torch.device | str) -> SavedMIL:
     return SavedMIL(model.to(device).eval(), config, directory)
 
 
+def _fold_index(path: Path) -> int | None:
+    prefix, _, index = path.name.partition("_")
+    return int(index) if prefix == "fold" and index.isdigit() else None
+
+
+def _check_one_run(models: list[SavedMIL]) -> None:
+    """Fold models are averaged only when they come from one training run and complete it."""
+    first = models[0]
+    for other in models[1:]:
+        differ = [k for k in _RUN_KEYS if other.config.get(k) != first.config.get(k)]
+        if differ:
+            shown = "; ".join(f"{k} {first.config.get(k)!r} vs {other.config.get(k)!r}" for k in differ[:3])
+            raise ValueError(
+                f"{first.path} and {other.path} were trained by different runs ({shown}) and cannot be averaged; "
+                f"train again into a new output folder, or point at one fold_<k> folder"
+            )
+    n_folds = first.config.get("n_folds")
+    found = sorted(_fold_index(m.path) for m in models)
+    if n_folds is not None and found != list(range(n_folds)):
+        logger.warning(
+            "%s holds folds %s of a %d-fold run: the run is unfinished; predicting with these folds only",
+            first.path.parent,
+            found,
+            n_folds,
+        )
+
+
 def load_mil_models(directory: str | os.PathLike, device: torch.device | str = "cpu") -> list[SavedMIL]:
-    """The model in ``directory``, or every fold model of a training output folder (``fold_*/``)."""
+    """The model in ``directory``, or the fold models of a training output folder (``fold_<k>/``).
+
+    Fold models that disagree (another run's folds: task, classes, widths, run key) are refused.
+    """
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise FileNotFoundError(f"MIL model folder not found: {directory}")
     if (directory / WEIGHTS_FILENAME).is_file() and (directory / CONFIG_FILENAME).is_file():
         return [_load_one(directory, device)]
     folds = sorted(
-        (p for p in directory.glob("fold_*") if (p / WEIGHTS_FILENAME).is_file() and (p / CONFIG_FILENAME).is_file()),
-        key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else 0,
+        (
+            p
+            for p in directory.glob("fold_*")
+            if _fold_index(p) is not None and (p / WEIGHTS_FILENAME).is_file() and (p / CONFIG_FILENAME).is_file()
+        ),
+        key=_fold_index,
     )
     if not folds:
         raise FileNotFoundError(
-            f"{directory} holds no MIL model ({WEIGHTS_FILENAME} + {CONFIG_FILENAME}, or fold_*/ folders with them); "
-            "point to a folder written by `musk mil train` or one of its fold_* folders"
+            f"{directory} holds no MIL model ({WEIGHTS_FILENAME} + {CONFIG_FILENAME}, or fold_<k>/ folders with "
+            "them); point to a folder written by `musk mil train` or one of its fold_<k> folders"
         )
-    return [_load_one(p, device) for p in folds]
+    models = [_load_one(p, device) for p in folds]
+    _check_one_run(models)
+    return models

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def _fold_metrics(cohort: Cohort, test, train, predictions: np.ndarray) -> dict:
     )
 
 
-def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_edges) -> dict:
+def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_edges, fold: int, run_key: str) -> dict:
     return {
         "task": config.task,
         "classes": inputs.cohort.classes,
@@ -184,7 +185,9 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
         "text_encoder": None
         if config.fusion == "none"
         else {"model": config.text_model, "weights": config.text_weights, "max_tokens": 100},
-        "run_key": config.run_key(),
+        "fold": fold,
+        "n_folds": config.folds,
+        "run_key": run_key,
     }
 
 
@@ -200,6 +203,15 @@ def _reuse_fold(fold_dir: Path, run_key: str) -> dict | None:
         }
     except (OSError, ValueError):
         return None
+
+
+def _remove_other_folds(output_dir: Path, folds: int) -> None:
+    """Delete ``fold_<k>`` folders of an earlier run with more folds, so they are never taken for this run's."""
+    for path in sorted(output_dir.glob("fold_*")):
+        index = path.name.removeprefix("fold_")
+        if path.is_dir() and index.isdigit() and int(index) >= folds:
+            logger.warning("removing %s: left by an earlier run with more folds", path)
+            shutil.rmtree(path)
 
 
 def train_mil(config: MILTrainConfig) -> MILTrainResult:
@@ -237,9 +249,11 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         progress=config.progress,
     )
     run_key = config.run_key()
+    folds = case_folds(cohort, config.folds, config.seed)
+    _remove_other_folds(output_dir, config.folds)
     names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
     per_fold, rows, histories = [], [], []
-    for k, (train, test) in enumerate(case_folds(cohort, config.folds, config.seed)):
+    for k, (train, test) in enumerate(folds):
         fold_dir = output_dir / f"fold_{k}"
         reused = _reuse_fold(fold_dir, run_key)
         if reused is not None:
@@ -278,7 +292,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
                 name: cohort.subset(idx).case_ids for name, idx in (("fit", fit), ("val", val), ("test", test))
             },
         }
-        save_mil_model(result.model, fold_dir, _model_config(config, inputs, out_dim, bin_edges), extra)
+        save_mil_model(result.model, fold_dir, _model_config(config, inputs, out_dim, bin_edges, k, run_key), extra)
         per_fold.append(metrics)
         rows.extend(fold_rows)
         histories.append(result.history)

@@ -1,0 +1,44 @@
+"""Runs that must not mix, reuse or lose results: stale folds, changed cohorts, bad inputs with clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from mil_cohorts import classification_cohort
+from musk.mil import MILTrainConfig, load_mil_models, train_mil
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {"hidden": 8, "epochs": 2, "patience": 0, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    manifest, features, _ = classification_cohort(root, n_cases=12, dim=4, patches=(5, 10), two_slides_every=0)
+    return root, manifest, features
+
+
+def _config(manifest, features, output_dir, **kwargs) -> MILTrainConfig:
+    return MILTrainConfig(manifest=str(manifest), features_dir=str(features), output_dir=str(output_dir), **TINY | kwargs)
+
+
+def test_a_run_with_fewer_folds_drops_the_earlier_runs_folds(cohort, tmp_path):
+    _, manifest, features = cohort
+    run = tmp_path / "run"
+    train_mil(_config(manifest, features, run, folds=3))
+    train_mil(_config(manifest, features, run, folds=2, classes=["tumor", "normal"]))
+    assert sorted(p.name for p in run.glob("fold_*")) == ["fold_0", "fold_1"]
+    models = load_mil_models(run)
+    assert [m.path.name for m in models] == ["fold_0", "fold_1"]
+    assert all(m.config["classes"] == ["tumor", "normal"] and m.config["n_folds"] == 2 for m in models)
+
+    # a fold of another run (here: other classes order) is refused, not averaged in
+    other = tmp_path / "other"
+    train_mil(_config(manifest, features, other, folds=2))
+    shutil.copytree(other / "fold_1", run / "fold_1", dirs_exist_ok=True)
+    with pytest.raises(ValueError, match="trained by different runs .*classes"):
+        load_mil_models(run)
