@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
 
 from mil_cohorts import classification_cohort
@@ -42,3 +43,26 @@ def test_a_run_with_fewer_folds_drops_the_earlier_runs_folds(cohort, tmp_path):
     shutil.copytree(other / "fold_1", run / "fold_1", dirs_exist_ok=True)
     with pytest.raises(ValueError, match="trained by different runs .*classes"):
         load_mil_models(run)
+
+
+def test_a_changed_cohort_trains_again_and_the_same_one_is_reused(cohort, tmp_path):
+    _, manifest, features = cohort
+    run = tmp_path / "run"
+    first = train_mil(_config(manifest, features, run, folds=2))
+    stamps = [(run / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns for k in range(2)]
+
+    table = pd.read_csv(manifest)
+    table.to_csv(tmp_path / "copy.csv", index=False)  # same content, another path: reused
+    assert train_mil(_config(tmp_path / "copy.csv", features, run, folds=2)).results == first.results
+    assert [(run / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns for k in range(2)] == stamps
+
+    table["label"] = table.label.map({"tumor": "normal", "normal": "tumor"})  # labels swapped: trained again
+    table.to_csv(tmp_path / "copy.csv", index=False)
+    train_mil(_config(tmp_path / "copy.csv", features, run, folds=2))
+    predictions = pd.read_csv(run / "predictions.csv").set_index("case_id")
+    assert (predictions.label == table.set_index("case_id").label).all()
+    assert all((run / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns != stamps[k] for k in range(2))
+
+    table.iloc[2:].to_csv(tmp_path / "copy.csv", index=False)  # rows removed: trained again, no stale case
+    train_mil(_config(tmp_path / "copy.csv", features, run, folds=2))
+    assert sorted(pd.read_csv(run / "predictions.csv").case_id) == sorted(table.case_id[2:])

@@ -9,8 +9,9 @@ Output folder::
     report_embeddings.npz   when reports are fused: the case vectors used
     provenance.json     resolved configuration, versions, fold summaries, log-rank p
 
-A fold whose folder is complete and was trained with the same configuration is reused when the run is
-started again, so an interrupted run resumes at the fold it was in.
+A fold whose folder is complete and was trained with the same configuration on the same cohort (case and slide
+ids, targets, report vectors: :meth:`MILTrainConfig.run_key`) is reused when the run is started again, so an
+interrupted run resumes at the fold it was in; a changed cohort or configuration trains every fold again.
 """
 
 from __future__ import annotations
@@ -107,9 +108,16 @@ class MILTrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
-    def run_key(self) -> str:
-        """Hash of the settings that change the models (not where or how fast they run)."""
-        settings = {k: v for k, v in asdict(self).items() if k not in _RUNTIME_FIELDS}
+    def run_key(self, cohort: Cohort, text: np.ndarray | None = None) -> str:
+        """Hash of the settings that change the models (not where or how fast they run) and of what they are
+        trained on: the cohort's case and slide ids and targets, and the report vectors (not the manifest's path)."""
+        settings = {k: v for k, v in asdict(self).items() if k not in (*_RUNTIME_FIELDS, "manifest")}
+        settings["cohort"] = [
+            [c.case_id, c.slide_ids, None if c.label is None else cohort.classes[c.label], c.time, c.event]
+            for c in cohort.cases
+        ]
+        if text is not None:
+            settings["reports"] = hashlib.sha256(np.ascontiguousarray(text, dtype=np.float32).tobytes()).hexdigest()
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -191,17 +199,23 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
     }
 
 
-def _reuse_fold(fold_dir: Path, run_key: str) -> dict | None:
+def _reuse_fold(fold_dir: Path, run_key: str, test_ids: list[str]) -> dict | None:
+    """The finished fold's results when it was trained by this run on these test cases, else None (retrain)."""
     try:
         saved = json.loads((fold_dir / "config.json").read_text())
         if saved.get("run_key") != run_key:
             return None
-        return {
+        split = json.loads((fold_dir / "split.json").read_text())
+        reused = {
             "metrics": json.loads((fold_dir / "metrics.json").read_text()),
             "rows": json.loads((fold_dir / "predictions.json").read_text()),
             "history": json.loads((fold_dir / "history.json").read_text()),
         }
-    except (OSError, ValueError):
+        if split.get("test") != test_ids or [r["case_id"] for r in reused["rows"]] != test_ids:
+            logger.warning("%s: its test cases are not this fold's; training it again", fold_dir)
+            return None
+        return reused
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -248,14 +262,14 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         precision=config.precision,
         progress=config.progress,
     )
-    run_key = config.run_key()
+    run_key = config.run_key(cohort, None if dataset.text is None else dataset.text.numpy())
     folds = case_folds(cohort, config.folds, config.seed)
     _remove_other_folds(output_dir, config.folds)
     names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
     per_fold, rows, histories = [], [], []
     for k, (train, test) in enumerate(folds):
         fold_dir = output_dir / f"fold_{k}"
-        reused = _reuse_fold(fold_dir, run_key)
+        reused = _reuse_fold(fold_dir, run_key, cohort.subset(test).case_ids)
         if reused is not None:
             logger.info("fold %d: reusing the finished fold in %s", k, fold_dir)
             per_fold.append(reused["metrics"])
