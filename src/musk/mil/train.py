@@ -247,6 +247,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         config.cache_bags and config.num_workers == 0,  # loader workers would each keep their own copy
     )
     cohort, dataset = inputs.cohort, inputs.dataset
+    folds = case_folds(cohort, config.folds, config.seed)
     logger.info("%d cases, %d slides, task %s", len(cohort), sum(len(c.slide_ids) for c in cohort.cases), cohort.task)
     if dataset.text is not None:
         save_report_embeddings(output_dir / "report_embeddings.npz", cohort.case_ids, dataset.text.numpy())
@@ -263,7 +264,6 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         progress=config.progress,
     )
     run_key = config.run_key(cohort, None if dataset.text is None else dataset.text.numpy())
-    folds = case_folds(cohort, config.folds, config.seed)
     _remove_other_folds(output_dir, config.folds)
     names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
     per_fold, rows, histories = [], [], []
