@@ -101,6 +101,16 @@ def test_folds_are_patient_level_and_stratified(tmp_path):
         case_folds(cohort, 11)
 
 
+def test_labels_that_pandas_reads_as_missing_are_missing(tmp_path):
+    text = "slide_id,case_id,label\na,1,x\nb,2,NA\nc,3,N/A\nd,4,NULL\ne,5,None\nf,6,\ng,7,y\n"
+    with pytest.raises(ManifestError, match="5 row\\(s\\) have no label: line 3: slide 'b' label 'NA'; line 4") as info:
+        load_manifest(_write(tmp_path / "m.csv", text), "classification")
+    assert "outside the classes" not in str(info.value)
+    import pandas as pd
+
+    assert pd.read_csv(tmp_path / "m.csv").label.isna().sum() == 5  # the same rows as pandas
+
+
 def test_cohorts_that_cannot_be_cross_validated_are_refused_up_front(tmp_path):
     from musk.mil.km import logrank_p
 
