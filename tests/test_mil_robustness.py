@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from mil_cohorts import classification_cohort
-from musk.mil import MILTrainConfig, load_mil_models, train_mil
+from musk.cli import main
+from musk.mil import MILModel, MILTrainConfig, load_mil_models, save_mil_model, train_mil
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +26,9 @@ def cohort(tmp_path_factory):
 
 
 def _config(manifest, features, output_dir, **kwargs) -> MILTrainConfig:
-    return MILTrainConfig(manifest=str(manifest), features_dir=str(features), output_dir=str(output_dir), **TINY | kwargs)
+    return MILTrainConfig(
+        manifest=str(manifest), features_dir=str(features), output_dir=str(output_dir), **TINY | kwargs
+    )
 
 
 def test_a_run_with_fewer_folds_drops_the_earlier_runs_folds(cohort, tmp_path):
@@ -66,3 +70,37 @@ def test_a_changed_cohort_trains_again_and_the_same_one_is_reused(cohort, tmp_pa
     table.iloc[2:].to_csv(tmp_path / "copy.csv", index=False)  # rows removed: trained again, no stale case
     train_mil(_config(tmp_path / "copy.csv", features, run, folds=2))
     assert sorted(pd.read_csv(run / "predictions.csv").case_id) == sorted(table.case_id[2:])
+
+
+def _random_model(directory, classes, feature_dim=4, text_dim=None):
+    model = MILModel(len(classes), feature_dim, text_dim, "abmil", "concat" if text_dim else "none", 8, 0.0)
+    config = {"task": "classification", "classes": classes, "out_dim": len(classes), "feature_dim": feature_dim}
+    config |= {"text_dim": text_dim, "model": "abmil", "fusion": "concat" if text_dim else "none"}
+    return save_mil_model(model, directory, config | {"hidden": 8, "dropout": 0.0})
+
+
+def test_eval_never_writes_into_the_training_run(cohort, tmp_path, capsys):
+    _, manifest, features = cohort
+    run = tmp_path / "run"
+    train_mil(_config(manifest, features, run, folds=2))
+    before = {name: (run / name).read_bytes() for name in ("predictions.csv", "provenance.json")}
+    for target in (run, run / "fold_0"):
+        argv = ["mil", "eval", "--model_dir", str(run), "--manifest", str(manifest), "--features_dir", str(features)]
+        assert main([*argv, "-o", str(target), "--device", "cpu"]) == 2
+        assert "holds trained models or a training run" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not (run / "metrics.json").exists() and not (run / "fold_0" / "predictions.csv").exists()
+
+
+def test_eval_of_a_three_class_model_on_two_of_its_classes(cohort, tmp_path, capsys):
+    from sklearn.metrics import roc_auc_score
+
+    _, manifest, features = cohort
+    _random_model(tmp_path / "model", ["normal", "other", "tumor"])
+    argv = ["mil", "eval", "--model_dir", str(tmp_path / "model"), "--manifest", str(manifest)]
+    assert main([*argv, "--features_dir", str(features), "-o", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    per_class = [roc_auc_score(predictions.label == c, predictions[f"prob_{c}"]) for c in ("normal", "tumor")]
+    assert metrics["auroc"] == pytest.approx(np.mean(per_class))
+    assert len(predictions) == 12 and {"prob_normal", "prob_other", "prob_tumor"} <= set(predictions.columns)

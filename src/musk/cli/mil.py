@@ -153,9 +153,23 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output_dir(output_dir: str, model_dir: str) -> None:
+    """Refuse to write predictions into a training run or model folder: they would replace the run's own."""
+    out = Path(output_dir)
+    holds = [n for n in ("results.json", "model.safetensors") if (out / n).is_file()] + [
+        p.name for p in sorted(out.glob("fold_*/model.safetensors"))[:1]
+    ]
+    if holds or (out.is_dir() and out.resolve() == Path(model_dir).resolve()):
+        raise ValueError(
+            f"--output_dir {out} holds trained models or a training run ({', '.join(holds) or 'the --model_dir'}); "
+            f"its predictions.csv and provenance.json would be replaced: choose another folder, e.g. {out / 'eval'}"
+        )
+
+
 def _apply(args: argparse.Namespace, evaluate: bool):
     from ..mil.predict import evaluate_mil, predict_mil
 
+    _check_output_dir(args.output_dir, args.model_dir)
     seed_everything(args.seed)
     function = evaluate_mil if evaluate else predict_mil
     return function(
