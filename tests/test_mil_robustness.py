@@ -104,3 +104,17 @@ def test_eval_of_a_three_class_model_on_two_of_its_classes(cohort, tmp_path, cap
     per_class = [roc_auc_score(predictions.label == c, predictions[f"prob_{c}"]) for c in ("normal", "tumor")]
     assert metrics["auroc"] == pytest.approx(np.mean(per_class))
     assert len(predictions) == 12 and {"prob_normal", "prob_other", "prob_tumor"} <= set(predictions.columns)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_feature_file_with_nan_or_inf_is_named(cohort, tmp_path, bad):
+    from musk.wsi.h5 import read_patch_file, write_patch_file
+
+    _, manifest, features = cohort
+    shutil.copytree(features, tmp_path / "features")
+    source = read_patch_file(features / "slide005_0.h5")
+    values = source.features.copy()
+    values[3, 1] = bad
+    write_patch_file(tmp_path / "features" / "slide005_0.h5", source.coords, {"features": values}, source.attrs)
+    with pytest.raises(ValueError, match=r"slide005_0\.h5: 1 feature value\(s\) are NaN or infinite.*rows \[3\]"):
+        train_mil(_config(manifest, tmp_path / "features", tmp_path / "run", folds=2))
