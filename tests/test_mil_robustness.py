@@ -118,3 +118,23 @@ def test_a_feature_file_with_nan_or_inf_is_named(cohort, tmp_path, bad):
     write_patch_file(tmp_path / "features" / "slide005_0.h5", source.coords, {"features": values}, source.attrs)
     with pytest.raises(ValueError, match=r"slide005_0\.h5: 1 feature value\(s\) are NaN or infinite.*rows \[3\]"):
         train_mil(_config(manifest, tmp_path / "features", tmp_path / "run", folds=2))
+
+
+def test_inputs_of_the_wrong_width_are_refused_with_both_widths(cohort, tmp_path, capsys):
+    from musk.mil import predict_mil, save_report_embeddings
+    from musk.wsi.h5 import write_patch_file
+
+    _, manifest, features = cohort
+    _random_model(tmp_path / "fused", ["normal", "tumor"], text_dim=8)
+    case_ids = pd.read_csv(manifest).case_id
+    save_report_embeddings(tmp_path / "reports.npz", case_ids, np.ones((len(case_ids), 5)))
+    with pytest.raises(ValueError, match=r"reports\.npz: the report vectors are 5-d but the model was trained on 8-d"):
+        predict_mil(tmp_path / "fused", manifest, features, report_embeddings=tmp_path / "reports.npz")
+
+    _random_model(tmp_path / "model", ["normal", "tumor"], feature_dim=4)
+    wide = tmp_path / "wide.h5"
+    write_patch_file(wide, np.zeros((3, 2)), {"features": np.ones((3, 6), np.float32)}, {"patch_size_level0": 256})
+    argv = ["mil", "heatmap", "--model_dir", str(tmp_path / "model"), "--features", str(wide), "-o", str(tmp_path)]
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert "wide.h5: its features are 6-d but the model in" in capsys.readouterr().err
+    assert not (tmp_path / "wide_attention.h5").exists()
