@@ -138,3 +138,25 @@ def test_inputs_of_the_wrong_width_are_refused_with_both_widths(cohort, tmp_path
     assert main([*argv, "--device", "cpu"]) == 2
     assert "wide.h5: its features are 6-d but the model in" in capsys.readouterr().err
     assert not (tmp_path / "wide_attention.h5").exists()
+
+
+def test_a_damaged_fold_is_named_and_trained_again(cohort, tmp_path):
+    _, manifest, features = cohort
+    run = tmp_path / "run"
+    config = _config(manifest, features, run, folds=2)
+    train_mil(config)
+    weights = run / "fold_1" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"fold_1 is damaged: its model\.safetensors .* Train it again"):
+        load_mil_models(run)
+
+    stamp = (run / "fold_0" / "model.safetensors").stat().st_mtime_ns
+    train_mil(config)  # fold 0 reused, fold 1 trained again
+    assert (run / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert len(load_mil_models(run)) == 2
+
+    saved = json.loads((run / "fold_0" / "config.json").read_text())
+    del saved["out_dim"]
+    (run / "fold_0" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"fold_0 is damaged: its config\.json lacks out_dim"):
+        load_mil_models(run)

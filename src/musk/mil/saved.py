@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..vqa.saved import atomic_dir
@@ -74,21 +75,40 @@ def _plain(value):
     return str(value)
 
 
+def _damaged(directory: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{directory} is damaged: {why}. Train it again: rerun the `musk mil train` command that wrote it (finished "
+        "folds are reused, a damaged one is trained again)"
+    )
+
+
 def _load_one(directory: Path, device: torch.device | str) -> SavedMIL:
-    config = json.loads((directory / CONFIG_FILENAME).read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(
-            f"{directory / CONFIG_FILENAME} is not a musk MIL model config (format {config.get('format')!r})"
-        )
-    model = MILModel(**{k: config[k] for k in _ARCH_KEYS})
-    state = load_file(str(directory / WEIGHTS_FILENAME))
+    try:
+        config = json.loads((directory / CONFIG_FILENAME).read_text())
+    except (OSError, ValueError) as e:
+        raise _damaged(directory, f"its {CONFIG_FILENAME} cannot be read ({e})") from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise ValueError(f"{directory / CONFIG_FILENAME} is not a musk MIL model config (format {found!r})")
+    missing = [k for k in (*_ARCH_KEYS, "task") if k not in config]
+    if missing:
+        raise _damaged(directory, f"its {CONFIG_FILENAME} lacks {', '.join(missing)}")
+    try:
+        model = MILModel(**{k: config[k] for k in _ARCH_KEYS})
+        state = load_file(str(directory / WEIGHTS_FILENAME))
+    except (TypeError, ValueError, OSError, SafetensorError) as e:
+        raise _damaged(directory, f"its {WEIGHTS_FILENAME} or {CONFIG_FILENAME} cannot be used ({e})") from e
     expected = set(model.state_dict())
     if set(state) != expected:
-        raise ValueError(
-            f"{directory / WEIGHTS_FILENAME} does not fit its config.json: "
-            f"missing {sorted(expected - set(state))[:8]}, unexpected {sorted(set(state) - expected)[:8]}"
+        raise _damaged(
+            directory,
+            f"{WEIGHTS_FILENAME} does not fit its {CONFIG_FILENAME}: missing {sorted(expected - set(state))[:8]}, "
+            f"unexpected {sorted(set(state) - expected)[:8]}",
         )
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # tensors of the wrong shape
+        raise _damaged(directory, f"{WEIGHTS_FILENAME} does not fit its {CONFIG_FILENAME} ({e})") from e
     return SavedMIL(model.to(device).eval(), config, directory)
 
 

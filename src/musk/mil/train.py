@@ -38,7 +38,7 @@ from .manifest import TASKS, Cohort
 from .metrics import CLASSIFICATION_METRICS, SURVIVAL_METRICS, classification_metrics, summarize, survival_metrics
 from .models import AGGREGATORS, FUSIONS, MILModel
 from .reports import save_report_embeddings
-from .saved import save_mil_model
+from .saved import load_mil_models, save_mil_model
 from .splits import case_folds, validation_split
 
 __all__ = ["MILTrainConfig", "MILTrainResult", "prediction_rows", "train_mil", "write_predictions_csv"]
@@ -214,8 +214,11 @@ def _reuse_fold(fold_dir: Path, run_key: str, test_ids: list[str]) -> dict | Non
         if split.get("test") != test_ids or [r["case_id"] for r in reused["rows"]] != test_ids:
             logger.warning("%s: its test cases are not this fold's; training it again", fold_dir)
             return None
+        load_mil_models(fold_dir)  # the weights load
         return reused
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if fold_dir.exists():
+            logger.warning("%s cannot be reused (%s); training it again", fold_dir, e)
         return None
 
 
