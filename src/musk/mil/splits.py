@@ -58,7 +58,12 @@ def validation_split(
         return train, train[:0]
     y = strata(cohort)[train]
     n_val = max(1, int(round(fraction * len(train))))
+    if n_val >= len(train):
+        raise ValueError(
+            f"val_fraction {fraction} holds out {n_val} of a fold's {len(train)} training cases, leaving none to fit "
+            "on; use a smaller --val_fraction (default 0.2) or 0 to train without early stopping"
+        )
     _, counts = np.unique(y, return_counts=True)
-    stratify = y if counts.min() >= 2 and n_val >= len(counts) else None
+    stratify = y if counts.min() >= 2 and min(n_val, len(train) - n_val) >= len(counts) else None
     fit, val = train_test_split(train, test_size=n_val, random_state=seed, stratify=stratify)
     return np.sort(fit), np.sort(val)

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,8 @@ __all__ = ["MILTrainConfig", "MILTrainResult", "prediction_rows", "train_mil", "
 
 logger = logging.getLogger(__name__)
 
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+_TYPE_NAMES["list[str]"] = "a list of names"
 _RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags")
 
 
@@ -92,6 +94,7 @@ class MILTrainConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name, allowed in (
             ("task", TASKS),
             ("model", AGGREGATORS),
@@ -107,6 +110,27 @@ class MILTrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def _check_types(self) -> None:
+        """Values of the declared types (a YAML ``folds: "5"`` is a string); paths may be ``os.PathLike``."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.type.endswith("| None"):
+                continue
+            kind = f.type.removesuffix(" | None")
+            if kind == "str" and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            elif kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            elif kind == "list[str]" and isinstance(value, (list, tuple)):
+                value = [str(v) for v in value]
+            expected = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list}[kind]
+            if not isinstance(value, expected) or (kind == "int" and isinstance(value, bool)):
+                raise ValueError(
+                    f"{f.name} must be {_TYPE_NAMES[kind]}, got {value!r} "
+                    f"({type(value).__name__}); in a YAML config write e.g. 'folds: 5' (no quotes around numbers)"
+                )
+            setattr(self, f.name, value)
 
     def run_key(self, cohort: Cohort, text: np.ndarray | None = None) -> str:
         """Hash of the settings that change the models (not where or how fast they run) and of what they are
