@@ -227,6 +227,14 @@ def run_heatmap(args: argparse.Namespace) -> int:
 
     if args.slides and len(args.slides) != len(args.features):
         raise ValueError(f"{len(args.slides)} slides for {len(args.features)} feature files: give one slide per file")
+    names: dict[str, str] = {}
+    for features in args.features:
+        earlier = names.setdefault(Path(features).stem, features)
+        if earlier != features:
+            raise ValueError(
+                f"{earlier} and {features} share the name {Path(features).stem!r}, so their heatmaps would overwrite "
+                "each other in one --output_dir: run them separately with different output folders"
+            )
     models = load_mil_models(args.model_dir, resolve_device(args.device))
     output_dir = Path(args.output_dir)
     written = []
