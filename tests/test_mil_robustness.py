@@ -160,3 +160,39 @@ def test_a_damaged_fold_is_named_and_trained_again(cohort, tmp_path):
     (run / "fold_0" / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"fold_0 is damaged: its config\.json lacks out_dim"):
         load_mil_models(run)
+
+
+def test_bad_settings_get_clear_errors(cohort, tmp_path, capsys):
+    _, manifest, features = cohort
+    with pytest.raises(ValueError, match="val_fraction 0.99 holds out 6 of a fold's 6 training cases"):
+        train_mil(_config(manifest, features, tmp_path / "run", folds=2, val_fraction=0.99))
+    assert not (tmp_path / "run" / "fold_0").exists()
+
+    (tmp_path / "run.yaml").write_text(f"manifest: {manifest}\nfeatures_dir: {features}\nfolds: '2'\n")
+    assert main(["mil", "train", "--config", str(tmp_path / "run.yaml"), "-o", str(tmp_path / "run")]) == 2
+    assert "folds must be an integer, got '2' (str)" in capsys.readouterr().err
+    config = _config(manifest, tmp_path / "features", tmp_path / "run", lr=1, classes=[0, 1])  # tolerated: coerced
+    assert config.lr == 1.0 and config.classes == ["0", "1"]
+
+
+def test_heatmaps_of_two_files_with_one_name_are_refused(cohort, tmp_path, capsys):
+    _, _, features = cohort
+    _random_model(tmp_path / "model", ["normal", "tumor"])
+    (tmp_path / "other").mkdir()
+    shutil.copy(features / "slide001_0.h5", tmp_path / "other")
+    argv = ["mil", "heatmap", "--model_dir", str(tmp_path / "model"), "-o", str(tmp_path / "maps"), "--device", "cpu"]
+    assert main([*argv, "--features", str(features / "slide001_0.h5"), str(tmp_path / "other" / "slide001_0.h5")]) == 2
+    assert "share the name 'slide001_0'" in capsys.readouterr().err
+    assert not (tmp_path / "maps").exists()
+
+
+def test_saved_models_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        _random_model(tmp_path / "model", ["normal", "tumor"])
+    finally:
+        os.umask(umask)
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "model" / name).stat().st_mode & 0o777 == 0o644, name
