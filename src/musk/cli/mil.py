@@ -157,7 +157,7 @@ def _check_output_dir(output_dir: str, model_dir: str) -> None:
     """Refuse to write predictions into a training run or model folder: they would replace the run's own."""
     out = Path(output_dir)
     holds = [n for n in ("results.json", "model.safetensors") if (out / n).is_file()] + [
-        p.name for p in sorted(out.glob("fold_*/model.safetensors"))[:1]
+        f"{p.parent.name}/" for p in sorted(out.glob("fold_*/model.safetensors"))[:1]
     ]
     if holds or (out.is_dir() and out.resolve() == Path(model_dir).resolve()):
         raise ValueError(
