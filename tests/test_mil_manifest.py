@@ -97,8 +97,40 @@ def test_folds_are_patient_level_and_stratified(tmp_path):
         fit, val = validation_split(cohort, train, 0.25, seed=0)
         assert not set(fit) & set(val) and sorted([*fit, *val]) == sorted(train)
         assert len(val) == 6 and len({cohort.cases[i].label for i in val}) == 3
-    with pytest.raises(ValueError, match="has 10 case\\(s\\), fewer than the 11 folds"):
+    with pytest.raises(ValueError, match="class '0' has 10 case\\(s\\), fewer than the 11 folds.*use --folds 10"):
         case_folds(cohort, 11)
+
+
+def test_labels_that_pandas_reads_as_missing_are_missing(tmp_path):
+    text = "slide_id,case_id,label\na,1,x\nb,2,NA\nc,3,N/A\nd,4,NULL\ne,5,None\nf,6,\ng,7,y\n"
+    with pytest.raises(ManifestError, match="5 row\\(s\\) have no label: line 3: slide 'b' label 'NA'; line 4") as info:
+        load_manifest(_write(tmp_path / "m.csv", text), "classification")
+    assert "outside the classes" not in str(info.value)
+    import pandas as pd
+
+    assert pd.read_csv(tmp_path / "m.csv").label.isna().sum() == 5  # the same rows as pandas
+
+
+def test_cohorts_that_cannot_be_cross_validated_are_refused_up_front(tmp_path):
+    from musk.mil.km import logrank_p
+
+    one_class = load_manifest(
+        _write(tmp_path / "a.csv", "slide_id,case_id,label\na,1,x\nb,2,x\nc,3,x\n"), "classification"
+    )
+    with pytest.raises(ValueError, match="all 3 cases have the class 'x'; a classifier needs cases of at least 2"):
+        case_folds(one_class, 2)
+    rare = load_manifest(
+        _write(tmp_path / "b.csv", "slide_id,case_id,label\na,1,x\nb,2,x\nc,3,rare\n"), "classification"
+    )
+    with pytest.raises(ValueError, match="class 'rare' has 1 case\\(s\\), fewer than the 2 folds") as info:
+        case_folds(rare, 2)
+    assert "--folds" not in str(info.value)  # 2 folds is already the least
+
+    text = "slide_id,case_id,time,event\n" + "".join(f"s{i},c{i},{i + 1},0\n" for i in range(6))
+    censored = load_manifest(_write(tmp_path / "s.csv", text), "survival")
+    with pytest.raises(ValueError, match="all 6 cases are censored"):
+        case_folds(censored, 2)
+    assert np.isnan(logrank_p([1, 2, 3, 4], [0, 0, 0, 0], [True, False, True, False]))
 
 
 def test_cli_reports_bad_manifest_rows(tmp_path, capsys):

@@ -153,3 +153,14 @@ def test_kaplan_meier_png_and_logrank_equal_lifelines(tmp_path):
     assert p == pytest.approx(expected, rel=1e-6) and p < 0.01
     with Image.open(tmp_path / "km.png") as image:
         assert image.format == "PNG" and image.size == (600, 480)
+
+
+def test_multiclass_auroc_over_the_classes_present():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    labels = rng.choice([0, 2], 30)  # class 1 of 3 absent
+    probs = rng.dirichlet(np.ones(3), 30) + np.eye(3)[labels] * 0.2
+    probs /= probs.sum(1, keepdims=True)
+    m = classification_metrics(labels, probs)
+    assert m["auroc"] == pytest.approx(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in (0, 2)]))

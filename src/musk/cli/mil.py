@@ -153,9 +153,23 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output_dir(output_dir: str, model_dir: str) -> None:
+    """Refuse to write predictions into a training run or model folder: they would replace the run's own."""
+    out = Path(output_dir)
+    holds = [n for n in ("results.json", "model.safetensors") if (out / n).is_file()] + [
+        f"{p.parent.name}/" for p in sorted(out.glob("fold_*/model.safetensors"))[:1]
+    ]
+    if holds or (out.is_dir() and out.resolve() == Path(model_dir).resolve()):
+        raise ValueError(
+            f"--output_dir {out} holds trained models or a training run ({', '.join(holds) or 'the --model_dir'}); "
+            f"its predictions.csv and provenance.json would be replaced: choose another folder, e.g. {out / 'eval'}"
+        )
+
+
 def _apply(args: argparse.Namespace, evaluate: bool):
     from ..mil.predict import evaluate_mil, predict_mil
 
+    _check_output_dir(args.output_dir, args.model_dir)
     seed_everything(args.seed)
     function = evaluate_mil if evaluate else predict_mil
     return function(
@@ -213,6 +227,14 @@ def run_heatmap(args: argparse.Namespace) -> int:
 
     if args.slides and len(args.slides) != len(args.features):
         raise ValueError(f"{len(args.slides)} slides for {len(args.features)} feature files: give one slide per file")
+    names: dict[str, str] = {}
+    for features in args.features:
+        earlier = names.setdefault(Path(features).stem, features)
+        if earlier != features:
+            raise ValueError(
+                f"{earlier} and {features} share the name {Path(features).stem!r}, so their heatmaps would overwrite "
+                "each other in one --output_dir: run them separately with different output folders"
+            )
     models = load_mil_models(args.model_dir, resolve_device(args.device))
     output_dir = Path(args.output_dir)
     written = []

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from ..wsi.h5 import read_patch_file
 from .manifest import Cohort
 
-__all__ = ["BagDataset", "bag_feature_dim", "read_bag"]
+__all__ = ["BagDataset", "bag_feature_dim", "finite_features", "read_bag"]
 
 
 def _h5py():
@@ -53,12 +53,28 @@ def bag_feature_dim(cohort: Cohort, features_dir: str | os.PathLike) -> int:
     return next(iter(widths))
 
 
+def finite_features(path: str | os.PathLike, features: np.ndarray) -> np.ndarray:
+    """``features`` (read from ``path``) as float32; NaN or infinite values are refused, naming the file."""
+    features = np.asarray(features, dtype=np.float32)
+    finite = np.isfinite(features)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(1))
+        raise ValueError(
+            f"{path}: {int((~finite).sum())} feature value(s) are NaN or infinite, in {len(rows)} patch(es) "
+            f"(rows {rows[:5].tolist()}); extract its features again or remove the slide"
+        )
+    return features
+
+
 def read_bag(features_dir: str | os.PathLike, slide_ids: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Features of the slides stacked (float32, (N, D)) and each slide's coords, in slide order."""
+    """Features of the slides stacked (float32, (N, D)) and each slide's coords, in slide order.
+
+    A file with NaN or infinite features is refused (naming it): one such value makes every loss NaN."""
     parts, coords = [], []
     for slide in slide_ids:
-        patch_file = read_patch_file(Path(features_dir) / f"{slide}.h5", arrays=("features",))
-        parts.append(np.asarray(patch_file.features, dtype=np.float32))
+        path = Path(features_dir) / f"{slide}.h5"
+        patch_file = read_patch_file(path, arrays=("features",))
+        parts.append(finite_features(path, patch_file.features))
         coords.append(patch_file.coords)
     return np.concatenate(parts) if len(parts) > 1 else parts[0], coords
 

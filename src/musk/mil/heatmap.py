@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..wsi.h5 import read_patch_file, write_patch_file
 from ..wsi.overlay import heatmap_overlay
+from .data import finite_features
 from .saved import SavedMIL
 
 __all__ = ["attention_map", "draw_attention", "patch_attention", "write_attention_file"]
@@ -56,7 +57,15 @@ def attention_map(models: Sequence[SavedMIL], features_file: str | os.PathLike, 
     """Attention of ``models`` over one feature file, saved as an attention h5 at ``output`` (the feature file's
     attributes carried over)."""
     patch_file = read_patch_file(features_file, arrays=("features",))
-    attention = patch_attention(models, patch_file.features)
+    features = finite_features(features_file, patch_file.features)
+    for saved in models:
+        trained = saved.config.get("feature_dim")
+        if trained is not None and features.shape[1] != trained:
+            raise ValueError(
+                f"{features_file}: its features are {features.shape[1]}-d but the model in {saved.path} was trained "
+                f"on {trained}-d features; use feature files from the encoder it was trained with"
+            )
+    attention = patch_attention(models, features)
     return write_attention_file(output, patch_file.coords, attention, patch_file.attrs)
 
 

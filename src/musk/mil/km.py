@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 from ..outputs import atomic_path
 
 __all__ = ["logrank_p", "median_split", "plot_kaplan_meier"]
+
+logger = logging.getLogger(__name__)
 
 
 def median_split(risks: Sequence[float], groups: Sequence[int] | None = None) -> np.ndarray:
@@ -26,14 +29,18 @@ def median_split(risks: Sequence[float], groups: Sequence[int] | None = None) ->
 
 
 def logrank_p(times: Sequence[float], events: Sequence[int], high: Sequence[bool]) -> float:
-    """Two-sided log-rank p-value between the high- and low-risk groups."""
+    """Two-sided log-rank p-value between the high- and low-risk groups (NaN without events or with one group)."""
     from sksurv.compare import compare_survival
     from sksurv.util import Surv
 
     high = np.asarray(high, dtype=bool)
     if high.all() or not high.any():
         return float("nan")
-    y = Surv.from_arrays(event=np.asarray(events).astype(bool), time=np.asarray(times, dtype=np.float64))
+    events = np.asarray(events).astype(bool)
+    if not events.any():
+        logger.warning("no observed event among %d cases: the log-rank p-value is NaN", len(events))
+        return float("nan")
+    y = Surv.from_arrays(event=events, time=np.asarray(times, dtype=np.float64))
     return float(compare_survival(y, high.astype(int))[1])
 
 

@@ -1,8 +1,10 @@
 """MIL manifests: one row per slide (``slide_id``, ``case_id``, then ``label`` or ``time`` + ``event``), pooled by case.
 
 ``event = 1`` means the event was observed. A CLAM-style ``censorship`` column (its inverse) is converted on
-load. An optional ``report`` column holds the case's report text. Bad rows are collected and reported together,
-each with its line number, so one pass over the file shows everything to fix.
+load. A label that pandas reads as missing (``NA``, ``N/A``, ``NULL``, ``None``, ``nan``, empty ...:
+:data:`MISSING_LABELS`) is missing, never a class. An optional ``report`` column holds the case's report text.
+Bad rows are collected and reported together, each with its line number, so one pass over the file shows
+everything to fix.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TASKS", "Case", "Cohort", "ManifestError", "load_manifest", "read_reports_dir"]
+__all__ = ["MISSING_LABELS", "TASKS", "Case", "Cohort", "ManifestError", "load_manifest", "read_reports_dir"]
 
 TASKS = ("classification", "survival")
+# pandas' default NA strings (read_csv na_values), as R, Excel and pandas exports write a missing value.
+MISSING_LABELS = frozenset(
+    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA")
+    + ("NULL", "NaN", "None", "n/a", "nan", "null")
+)
 _MAX_LISTED = 20
 
 
@@ -136,10 +143,14 @@ def load_manifest(
         class_names = [str(c) for c in classes or []]
         found_targets = {n: (None,) if task == "classification" else (None, None) for _, n in rows}
     elif task == "classification":
-        empty = [f"line {n}: slide {row['slide_id']!r}" for row, n in rows if row["label"] in ("", "nan", "NaN")]
+        empty = [
+            f"line {n}: slide {row['slide_id']!r} label {row['label']!r}"
+            for row, n in rows
+            if row["label"] in MISSING_LABELS
+        ]
         if empty:
             problems.append(_problem(path, "have no label", empty, "Give every slide a label or remove the row."))
-        found = {row["label"] for row, _ in rows if row["label"] not in ("", "nan", "NaN")}
+        found = {row["label"] for row, _ in rows if row["label"] not in MISSING_LABELS}
         class_names = [str(c) for c in classes] if classes is not None else _class_order(found)
         unknown = [
             f"line {n}: slide {row['slide_id']!r} label {row['label']!r}"

@@ -1,8 +1,9 @@
 """Slide-level metrics, computed by the reference libraries (scikit-learn, scikit-survival) on our predictions.
 
-Classification: AUROC (one-vs-rest macro for several classes), balanced accuracy, F1 (binary: of class 1;
-several classes: macro). Survival: Harrell's c-index, Uno's IPCW c-index and the mean cumulative/dynamic
-time-dependent AUC, the last two with the censoring distribution estimated on the training cases.
+Classification: AUROC (several classes: one-vs-rest macro over the classes present), balanced accuracy, F1
+(binary: of class 1; several classes: macro). Survival: Harrell's c-index, Uno's IPCW c-index and the mean
+cumulative/dynamic time-dependent AUC, the last two with the censoring distribution estimated on the training
+cases.
 """
 
 from __future__ import annotations
@@ -30,24 +31,32 @@ SURVIVAL_METRICS = ("c_index", "c_index_uno", "td_auc")
 
 
 def classification_metrics(labels: Sequence[int], probs: np.ndarray) -> dict[str, float]:
-    """``labels`` (n,) class indices, ``probs`` (n, C) class probabilities."""
+    """``labels`` (n,) class indices, ``probs`` (n, C) class probabilities of the model's C classes.
+
+    AUROC: binary models, of class 1; several classes, one-vs-rest (class c's probability against "is class c")
+    averaged over the classes that have both positive and negative cases here, so a cohort with only some of
+    the model's classes is scored on those (with all classes present this is scikit-learn's macro OvR AUROC).
+    NaN when the cases are all of one class. F1: binary, of class 1; several classes, macro over the classes
+    in the labels or predictions.
+    """
     from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     n_classes = probs.shape[1]
     predicted = probs.argmax(1)
-    if len(np.unique(labels)) < 2:
+    present = np.unique(labels)
+    if len(present) < 2:
         logger.warning("AUROC is undefined on %d cases of a single class; reported as NaN", len(labels))
         auroc = math.nan
     elif n_classes == 2:
         auroc = roc_auc_score(labels, probs[:, 1])
     else:
-        present = np.unique(labels)
         if len(present) < n_classes:
-            logger.warning("only classes %s are present; AUROC is averaged over them", present.tolist())
-        scores = probs[:, present] / probs[:, present].sum(1, keepdims=True)
-        auroc = roc_auc_score(labels, scores, multi_class="ovr", average="macro", labels=present)
+            logger.warning(
+                "only classes %s of %d are present; AUROC is averaged over them", present.tolist(), n_classes
+            )
+        auroc = float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present]))
     f1 = f1_score(labels, predicted, average="binary" if n_classes == 2 else "macro", zero_division=0)
     return {"auroc": float(auroc), "balanced_acc": float(balanced_accuracy_score(labels, predicted)), "f1": float(f1)}
 

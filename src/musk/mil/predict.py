@@ -67,6 +67,12 @@ def predict_mil(
             f"the features in {features_dir} are {inputs.feature_dim}-d but the model was trained on "
             f"{config['feature_dim']}-d features; extract them with the same encoder"
         )
+    if inputs.text_dim is not None and inputs.text_dim != config["text_dim"]:
+        source = report_embeddings or f"the reports embedded by {config['text_encoder']['model']}"
+        raise ValueError(
+            f"{source}: the report vectors are {inputs.text_dim}-d but the model was trained on "
+            f"{config['text_dim']}-d ones; embed the reports with the text encoder used in training"
+        )
     predictions = np.mean([m.predict(inputs.dataset, batch_size, num_workers) for m in models], axis=0)
     return MILPredictions(inputs.cohort, predictions, models)
 

@@ -7,13 +7,15 @@ and predictions average over them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
 from ..vqa.saved import atomic_dir
 from .data import BagDataset
@@ -22,10 +24,14 @@ from .models import MILModel
 
 __all__ = ["SavedMIL", "load_mil_models", "save_mil_model"]
 
+logger = logging.getLogger(__name__)
+
 WEIGHTS_FILENAME = "model.safetensors"
 CONFIG_FILENAME = "config.json"
 FORMAT = "musk-mil"
 _ARCH_KEYS = ("out_dim", "feature_dim", "text_dim", "model", "fusion", "hidden", "dropout")
+# What the fold models of one run share; a run_key (or one of these) that differs means another run's fold.
+_RUN_KEYS = ("task", "classes", "out_dim", "feature_dim", "text_dim", "fusion", "survival_loss", "n_folds", "run_key")
 
 
 @dataclass
@@ -54,7 +60,8 @@ def save_mil_model(model: MILModel, directory: str | os.PathLike, config: dict, 
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILENAME), metadata={"format": FORMAT})
+        # safetensors' save_file creates its file private (0o600); written here it gets the umask like other outputs
+        (tmp / WEIGHTS_FILENAME).write_bytes(save(state, metadata={"format": FORMAT}))
         (tmp / CONFIG_FILENAME).write_text(json.dumps({"format": FORMAT, **config}, indent=2, default=_plain) + "\n")
         for name, value in (extra or {}).items():
             (tmp / name).write_text(json.dumps(value, indent=2, default=_plain) + "\n")
@@ -69,38 +76,93 @@ def _plain(value):
     return str(value)
 
 
+def _damaged(directory: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{directory} is damaged: {why}. Train it again: rerun the `musk mil train` command that wrote it (finished "
+        "folds are reused, a damaged one is trained again)"
+    )
+
+
 def _load_one(directory: Path, device: torch.device | str) -> SavedMIL:
-    config = json.loads((directory / CONFIG_FILENAME).read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(
-            f"{directory / CONFIG_FILENAME} is not a musk MIL model config (format {config.get('format')!r})"
-        )
-    model = MILModel(**{k: config[k] for k in _ARCH_KEYS})
-    state = load_file(str(directory / WEIGHTS_FILENAME))
+    try:
+        config = json.loads((directory / CONFIG_FILENAME).read_text())
+    except (OSError, ValueError) as e:
+        raise _damaged(directory, f"its {CONFIG_FILENAME} cannot be read ({e})") from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise ValueError(f"{directory / CONFIG_FILENAME} is not a musk MIL model config (format {found!r})")
+    missing = [k for k in (*_ARCH_KEYS, "task") if k not in config]
+    if missing:
+        raise _damaged(directory, f"its {CONFIG_FILENAME} lacks {', '.join(missing)}")
+    try:
+        model = MILModel(**{k: config[k] for k in _ARCH_KEYS})
+        state = load_file(str(directory / WEIGHTS_FILENAME))
+    except (TypeError, ValueError, OSError, SafetensorError) as e:
+        raise _damaged(directory, f"its {WEIGHTS_FILENAME} or {CONFIG_FILENAME} cannot be used ({e})") from e
     expected = set(model.state_dict())
     if set(state) != expected:
-        raise ValueError(
-            f"{directory / WEIGHTS_FILENAME} does not fit its config.json: "
-            f"missing {sorted(expected - set(state))[:8]}, unexpected {sorted(set(state) - expected)[:8]}"
+        raise _damaged(
+            directory,
+            f"{WEIGHTS_FILENAME} does not fit its {CONFIG_FILENAME}: missing {sorted(expected - set(state))[:8]}, "
+            f"unexpected {sorted(set(state) - expected)[:8]}",
         )
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # tensors of the wrong shape
+        raise _damaged(directory, f"{WEIGHTS_FILENAME} does not fit its {CONFIG_FILENAME} ({e})") from e
     return SavedMIL(model.to(device).eval(), config, directory)
 
 
+def _fold_index(path: Path) -> int | None:
+    prefix, _, index = path.name.partition("_")
+    return int(index) if prefix == "fold" and index.isdigit() else None
+
+
+def _check_one_run(models: list[SavedMIL]) -> None:
+    """Fold models are averaged only when they come from one training run and complete it."""
+    first = models[0]
+    for other in models[1:]:
+        differ = [k for k in _RUN_KEYS if other.config.get(k) != first.config.get(k)]
+        if differ:
+            shown = "; ".join(f"{k} {first.config.get(k)!r} vs {other.config.get(k)!r}" for k in differ[:3])
+            raise ValueError(
+                f"{first.path} and {other.path} were trained by different runs ({shown}) and cannot be averaged; "
+                f"train again into a new output folder, or point at one fold_<k> folder"
+            )
+    n_folds = first.config.get("n_folds")
+    found = sorted(_fold_index(m.path) for m in models)
+    if n_folds is not None and found != list(range(n_folds)):
+        logger.warning(
+            "%s holds folds %s of a %d-fold run: the run is unfinished; predicting with these folds only",
+            first.path.parent,
+            found,
+            n_folds,
+        )
+
+
 def load_mil_models(directory: str | os.PathLike, device: torch.device | str = "cpu") -> list[SavedMIL]:
-    """The model in ``directory``, or every fold model of a training output folder (``fold_*/``)."""
+    """The model in ``directory``, or the fold models of a training output folder (``fold_<k>/``).
+
+    Fold models that disagree (another run's folds: task, classes, widths, run key) are refused.
+    """
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise FileNotFoundError(f"MIL model folder not found: {directory}")
     if (directory / WEIGHTS_FILENAME).is_file() and (directory / CONFIG_FILENAME).is_file():
         return [_load_one(directory, device)]
     folds = sorted(
-        (p for p in directory.glob("fold_*") if (p / WEIGHTS_FILENAME).is_file() and (p / CONFIG_FILENAME).is_file()),
-        key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else 0,
+        (
+            p
+            for p in directory.glob("fold_*")
+            if _fold_index(p) is not None and (p / WEIGHTS_FILENAME).is_file() and (p / CONFIG_FILENAME).is_file()
+        ),
+        key=_fold_index,
     )
     if not folds:
         raise FileNotFoundError(
-            f"{directory} holds no MIL model ({WEIGHTS_FILENAME} + {CONFIG_FILENAME}, or fold_*/ folders with them); "
-            "point to a folder written by `musk mil train` or one of its fold_* folders"
+            f"{directory} holds no MIL model ({WEIGHTS_FILENAME} + {CONFIG_FILENAME}, or fold_<k>/ folders with "
+            "them); point to a folder written by `musk mil train` or one of its fold_<k> folders"
         )
-    return [_load_one(p, device) for p in folds]
+    models = [_load_one(p, device) for p in folds]
+    _check_one_run(models)
+    return models

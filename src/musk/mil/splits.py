@@ -24,11 +24,24 @@ def case_folds(cohort: Cohort, folds: int, seed: int = 0) -> list[tuple[np.ndarr
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     y = strata(cohort)
     values, counts = np.unique(y, return_counts=True)
-    if counts.min() < folds:
-        what = "class" if cohort.task == "classification" else "event value"
+    if cohort.task == "classification" and len(values) < 2:
         raise ValueError(
-            f"{cohort.source}: {what} {values[counts.argmin()]} has {counts.min()} case(s), fewer than the "
-            f"{folds} folds; use --folds {max(2, int(counts.min()))} or add cases"
+            f"{cohort.source}: all {len(y)} cases have the class {cohort.classes[values[0]]!r}; a classifier needs "
+            "cases of at least 2 classes"
+        )
+    if cohort.task == "survival" and not y.any():
+        raise ValueError(
+            f"{cohort.source}: all {len(y)} cases are censored (event 0); a survival model needs observed events "
+            "(event 1)"
+        )
+    fewest = int(counts.min())
+    if fewest < folds:
+        value = values[counts.argmin()]
+        what = f"class {cohort.classes[value]!r}" if cohort.task == "classification" else f"event value {value}"
+        fix = f"use --folds {fewest} or add cases" if fewest >= 2 else "add cases of it"
+        raise ValueError(
+            f"{cohort.source}: {what} has {fewest} case(s), fewer than the {folds} folds (every test fold needs "
+            f"one); {fix}"
         )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(y)), y))
@@ -45,7 +58,12 @@ def validation_split(
         return train, train[:0]
     y = strata(cohort)[train]
     n_val = max(1, int(round(fraction * len(train))))
+    if n_val >= len(train):
+        raise ValueError(
+            f"val_fraction {fraction} holds out {n_val} of a fold's {len(train)} training cases, leaving none to fit "
+            "on; use a smaller --val_fraction (default 0.2) or 0 to train without early stopping"
+        )
     _, counts = np.unique(y, return_counts=True)
-    stratify = y if counts.min() >= 2 and n_val >= len(counts) else None
+    stratify = y if counts.min() >= 2 and min(n_val, len(train) - n_val) >= len(counts) else None
     fit, val = train_test_split(train, test_size=n_val, random_state=seed, stratify=stratify)
     return np.sort(fit), np.sort(val)

@@ -9,8 +9,9 @@ Output folder::
     report_embeddings.npz   when reports are fused: the case vectors used
     provenance.json     resolved configuration, versions, fold summaries, log-rank p
 
-A fold whose folder is complete and was trained with the same configuration is reused when the run is
-started again, so an interrupted run resumes at the fold it was in.
+A fold whose folder is complete and was trained with the same configuration on the same cohort (case and slide
+ids, targets, report vectors: :meth:`MILTrainConfig.run_key`) is reused when the run is started again, so an
+interrupted run resumes at the fold it was in; a changed cohort or configuration trains every fold again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +38,15 @@ from .manifest import TASKS, Cohort
 from .metrics import CLASSIFICATION_METRICS, SURVIVAL_METRICS, classification_metrics, summarize, survival_metrics
 from .models import AGGREGATORS, FUSIONS, MILModel
 from .reports import save_report_embeddings
-from .saved import save_mil_model
+from .saved import load_mil_models, save_mil_model
 from .splits import case_folds, validation_split
 
 __all__ = ["MILTrainConfig", "MILTrainResult", "prediction_rows", "train_mil", "write_predictions_csv"]
 
 logger = logging.getLogger(__name__)
 
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+_TYPE_NAMES["list[str]"] = "a list of names"
 _RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags")
 
 
@@ -90,6 +94,7 @@ class MILTrainConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name, allowed in (
             ("task", TASKS),
             ("model", AGGREGATORS),
@@ -106,9 +111,37 @@ class MILTrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
-    def run_key(self) -> str:
-        """Hash of the settings that change the models (not where or how fast they run)."""
-        settings = {k: v for k, v in asdict(self).items() if k not in _RUNTIME_FIELDS}
+    def _check_types(self) -> None:
+        """Values of the declared types (a YAML ``folds: "5"`` is a string); paths may be ``os.PathLike``."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.type.endswith("| None"):
+                continue
+            kind = f.type.removesuffix(" | None")
+            if kind == "str" and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            elif kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            elif kind == "list[str]" and isinstance(value, (list, tuple)):
+                value = [str(v) for v in value]
+            expected = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list}[kind]
+            if not isinstance(value, expected) or (kind == "int" and isinstance(value, bool)):
+                raise ValueError(
+                    f"{f.name} must be {_TYPE_NAMES[kind]}, got {value!r} "
+                    f"({type(value).__name__}); in a YAML config write e.g. 'folds: 5' (no quotes around numbers)"
+                )
+            setattr(self, f.name, value)
+
+    def run_key(self, cohort: Cohort, text: np.ndarray | None = None) -> str:
+        """Hash of the settings that change the models (not where or how fast they run) and of what they are
+        trained on: the cohort's case and slide ids and targets, and the report vectors (not the manifest's path)."""
+        settings = {k: v for k, v in asdict(self).items() if k not in (*_RUNTIME_FIELDS, "manifest")}
+        settings["cohort"] = [
+            [c.case_id, c.slide_ids, None if c.label is None else cohort.classes[c.label], c.time, c.event]
+            for c in cohort.cases
+        ]
+        if text is not None:
+            settings["reports"] = hashlib.sha256(np.ascontiguousarray(text, dtype=np.float32).tobytes()).hexdigest()
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -168,7 +201,7 @@ def _fold_metrics(cohort: Cohort, test, train, predictions: np.ndarray) -> dict:
     )
 
 
-def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_edges) -> dict:
+def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_edges, fold: int, run_key: str) -> dict:
     return {
         "task": config.task,
         "classes": inputs.cohort.classes,
@@ -184,22 +217,42 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
         "text_encoder": None
         if config.fusion == "none"
         else {"model": config.text_model, "weights": config.text_weights, "max_tokens": 100},
-        "run_key": config.run_key(),
+        "fold": fold,
+        "n_folds": config.folds,
+        "run_key": run_key,
     }
 
 
-def _reuse_fold(fold_dir: Path, run_key: str) -> dict | None:
+def _reuse_fold(fold_dir: Path, run_key: str, test_ids: list[str]) -> dict | None:
+    """The finished fold's results when it was trained by this run on these test cases, else None (retrain)."""
     try:
         saved = json.loads((fold_dir / "config.json").read_text())
         if saved.get("run_key") != run_key:
             return None
-        return {
+        split = json.loads((fold_dir / "split.json").read_text())
+        reused = {
             "metrics": json.loads((fold_dir / "metrics.json").read_text()),
             "rows": json.loads((fold_dir / "predictions.json").read_text()),
             "history": json.loads((fold_dir / "history.json").read_text()),
         }
-    except (OSError, ValueError):
+        if split.get("test") != test_ids or [r["case_id"] for r in reused["rows"]] != test_ids:
+            logger.warning("%s: its test cases are not this fold's; training it again", fold_dir)
+            return None
+        load_mil_models(fold_dir)  # the weights load
+        return reused
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if fold_dir.exists():
+            logger.warning("%s cannot be reused (%s); training it again", fold_dir, e)
         return None
+
+
+def _remove_other_folds(output_dir: Path, folds: int) -> None:
+    """Delete ``fold_<k>`` folders of an earlier run with more folds, so they are never taken for this run's."""
+    for path in sorted(output_dir.glob("fold_*")):
+        index = path.name.removeprefix("fold_")
+        if path.is_dir() and index.isdigit() and int(index) >= folds:
+            logger.warning("removing %s: left by an earlier run with more folds", path)
+            shutil.rmtree(path)
 
 
 def train_mil(config: MILTrainConfig) -> MILTrainResult:
@@ -221,6 +274,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         config.cache_bags and config.num_workers == 0,  # loader workers would each keep their own copy
     )
     cohort, dataset = inputs.cohort, inputs.dataset
+    folds = case_folds(cohort, config.folds, config.seed)
     logger.info("%d cases, %d slides, task %s", len(cohort), sum(len(c.slide_ids) for c in cohort.cases), cohort.task)
     if dataset.text is not None:
         save_report_embeddings(output_dir / "report_embeddings.npz", cohort.case_ids, dataset.text.numpy())
@@ -236,12 +290,13 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         precision=config.precision,
         progress=config.progress,
     )
-    run_key = config.run_key()
+    run_key = config.run_key(cohort, None if dataset.text is None else dataset.text.numpy())
+    _remove_other_folds(output_dir, config.folds)
     names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
     per_fold, rows, histories = [], [], []
-    for k, (train, test) in enumerate(case_folds(cohort, config.folds, config.seed)):
+    for k, (train, test) in enumerate(folds):
         fold_dir = output_dir / f"fold_{k}"
-        reused = _reuse_fold(fold_dir, run_key)
+        reused = _reuse_fold(fold_dir, run_key, cohort.subset(test).case_ids)
         if reused is not None:
             logger.info("fold %d: reusing the finished fold in %s", k, fold_dir)
             per_fold.append(reused["metrics"])
@@ -278,7 +333,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
                 name: cohort.subset(idx).case_ids for name, idx in (("fit", fit), ("val", val), ("test", test))
             },
         }
-        save_mil_model(result.model, fold_dir, _model_config(config, inputs, out_dim, bin_edges), extra)
+        save_mil_model(result.model, fold_dir, _model_config(config, inputs, out_dim, bin_edges, k, run_key), extra)
         per_fold.append(metrics)
         rows.extend(fold_rows)
         histories.append(result.history)
