@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from safetensors import safe_open
 
 import musk
-from musk.outputs import atomic_path, file_sha256, provenance, write_json
+from musk.outputs import atomic_path, file_sha256, provenance, write_json, write_safetensors
 from weights_file import save_weights
 
 
@@ -73,13 +74,21 @@ def test_atomic_path_names_do_not_collide(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)], ids=["umask022", "umask002"])
 def test_atomic_outputs_get_ordinary_permissions(tmp_path, umask, mode):
-    """A private temporary file (0o600) renamed into place would hide every output from the lab's group."""
+    """A private temporary file (0o600) renamed into place would hide every output from the lab's group.
+    safetensors' own save_file creates such a file."""
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "i": torch.tensor([1, 2])}
     old = os.umask(umask)
     try:
         write_json(tmp_path / "record.json", {"a": 1})
+        write_safetensors(tensors, tmp_path / "w.safetensors", metadata={"format": "pt"})
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "record.json").stat().st_mode) == mode
+    for name in ("record.json", "w.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json", "w.safetensors"]
+    with safe_open(tmp_path / "w.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())
 
 
 def test_write_json_round_trips_and_overwrites(tmp_path):

@@ -9,6 +9,7 @@ import os
 import platform
 import re
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,19 @@ def _new_file_beside(path: Path) -> Path:
 def write_json(path: str | os.PathLike, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """``tensors`` as a safetensors file, written atomically with an ordinary file's permissions.
+
+    safetensors' own ``save_file`` makes its file private (0o600), which would hide shared weights from a group.
+    """
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        mode = stat.S_IMODE(tmp.stat().st_mode)
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

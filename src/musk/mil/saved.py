@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
+from ..outputs import write_safetensors
 from ..vqa.saved import atomic_dir
 from .data import BagDataset
 from .fit import outputs_to_predictions, predict_outputs
@@ -60,8 +61,7 @@ def save_mil_model(model: MILModel, directory: str | os.PathLike, config: dict, 
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
-        # safetensors' save_file creates its file private (0o600); written here it gets the umask like other outputs
-        (tmp / WEIGHTS_FILENAME).write_bytes(save(state, metadata={"format": FORMAT}))
+        write_safetensors(state, tmp / WEIGHTS_FILENAME, metadata={"format": FORMAT})
         (tmp / CONFIG_FILENAME).write_text(json.dumps({"format": FORMAT, **config}, indent=2, default=_plain) + "\n")
         for name, value in (extra or {}).items():
             (tmp / name).write_text(json.dumps(value, indent=2, default=_plain) + "\n")

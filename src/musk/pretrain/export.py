@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..models import MUSK, CheckpointMismatchError, create_model
-from ..outputs import atomic_path, provenance, write_json
+from ..outputs import provenance, write_json, write_safetensors
 from .checkpoint import TRAINER_STATE, best_checkpoint, latest_checkpoint
 from .distributed import restore_scalars
 from .models import MUSK_PREFIX, musk_weights
@@ -106,8 +106,7 @@ def export_weights(
         )
     state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}
     output = Path(output)
-    with atomic_path(output) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "architecture": model})
+    write_safetensors(state, output, metadata={"format": "pt", "architecture": model})
     write_json(output.with_name(output.name + ".json"), {**provenance({"source": str(checkpoint), "model": model},
                output), "parameters": sum(v.numel() for v in state.values())})  # fmt: skip
     logger.info("exported %d tensors of %s from %s to %s", len(state), model, checkpoint, output)

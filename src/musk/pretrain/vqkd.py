@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from ..outputs import atomic_path
+from ..outputs import atomic_path, write_safetensors
 from .objectives import ObjectiveOutput, world
 
 __all__ = ["EMACodebook", "VQKD", "VQKDConfig", "load_visual_tokenizer", "save_visual_tokenizer"]
@@ -155,8 +155,7 @@ def save_visual_tokenizer(model: VQKD, directory: str | os.PathLike, provenance:
     """Write the tokenizer (weights + config) into ``directory`` (what stage 1's ``visual_tokenizer`` reads)."""
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp))
+    write_safetensors(state, directory / WEIGHTS_FILE)
     with atomic_path(directory / CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps({"config": asdict(model.config), "provenance": provenance}, indent=2, default=str))
     return directory
