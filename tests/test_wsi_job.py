@@ -214,3 +214,12 @@ def test_leftovers_of_a_killed_run_are_removed_and_others_kept(slides, tmp_path)
     config = WsiJobConfig(model=TINY, weights=None, patch_size=128, device="cpu")
     assert run_wsi_job([slides / "glass.tif"], job_dir, config).failed == []
     assert not mine.exists() and other.exists()
+
+
+def test_segment_takes_max_saturation_and_pins_it(slides, tmp_path, capsys):
+    job_dir = tmp_path / "job"
+    base = ["wsi", "segment", "--slides", str(slides / "s40.tif"), "--job_dir", str(job_dir)]
+    assert main([*base, "--max_saturation", "0.3"]) == 0
+    assert json.loads((job_dir / "config.json").read_text())["settings"]["segment"]["max_saturation"] == 0.3
+    assert main(base) == 2
+    assert "max_saturation: 0.3 then, 0.2 now" in capsys.readouterr().err

@@ -67,6 +67,8 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tissue segmentation")
     g.add_argument("--thumbnail_size", type=int, default=2048, help="longer side (default: %(default)s)")
     g.add_argument("--min_saturation", type=float, default=0.08, help="tissue floor (default: %(default)s)")
+    g.add_argument("--max_saturation", type=float, default=0.2,
+                   help="the threshold's ceiling: an all-tissue field stays tissue (default: %(default)s)")  # fmt: skip
     g.add_argument("--min_area_um2", type=float, default=20_000, help="smallest tissue piece (default: %(default)s)")
     g.add_argument("--max_hole_um2", type=float, default=5_000, help="holes filled up to (default: %(default)s)")
 
