@@ -223,3 +223,64 @@ def test_segment_takes_max_saturation_and_pins_it(slides, tmp_path, capsys):
     assert json.loads((job_dir / "config.json").read_text())["settings"]["segment"]["max_saturation"] == 0.3
     assert main(base) == 2
     assert "max_saturation: 0.3 then, 0.2 now" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--overlap", "500"], "overlap must be in [0, patch_size), got 500 for patch_size 256"),
+        (["--overlap", "-1"], "overlap must be in [0, patch_size), got -1"),
+        (["--min_tissue", "1.5"], "min_tissue is a fraction in [0, 1], got 1.5"),
+        (["--batch_size", "0"], "batch_size must be at least 1, got 0"),
+        (["--min_saturation", "0.5"], "need 0 <= min_saturation <= max_saturation <= 1, got 0.5 and 0.2"),
+        (["--num_workers", "-2"], "num_workers must not be negative, got -2"),
+    ],
+)
+def test_invalid_settings_stop_the_job_before_anything_is_pinned_or_done(
+    flags, message, slides, tiny, tmp_path, capsys
+):
+    job_dir = tmp_path / "job"
+    assert main(job_args(slides, job_dir, tiny[0], *flags)) == 2
+    assert message in capsys.readouterr().err
+    assert not job_dir.exists()  # no slide segmented, no config.json pinning the rejected settings
+
+
+def test_a_run_refused_for_its_settings_pins_nothing(slides, tiny, tmp_path, capsys):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    assert main(job_args(slides / "s40.tif", job_dir, tiny[0], "--overlap", "500")) == 2
+    assert main(job_args(slides / "s40.tif", job_dir, tiny[0])) == 0  # was refused: "made with other patch settings"
+    assert read_status(job_dir)["s40"]["status"] == "done"
+
+
+@pytest.mark.parametrize(
+    "flags", [["--mag", "0"], ["--target_mpp", "-1"], ["--thumbnail_size", "0"], ["--patch_size", "0"], ["--mpp", "0"]]
+)
+def test_non_positive_sizes_are_usage_errors(flags, slides, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["wsi", "patch", "--slides", str(slides), "--job_dir", str(tmp_path / "job"), *flags])
+    assert stop.value.code == 2 and f"argument {flags[0]}: must be" in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
+
+
+def test_library_job_checks_its_config_once(slides, tmp_path):
+    for config, message in [
+        (WsiJobConfig(thumbnail_size=0), "thumbnail_size must be at least 1, got 0"),
+        (WsiJobConfig(magnification=0), "magnification must be positive, got 0"),
+        (WsiJobConfig(mpp=0), "mpp must be positive, got 0"),
+        (WsiJobConfig(magnification=None), "give exactly one of magnification"),
+        (WsiJobConfig(features="bogus", precision="fp8"), "features must be one of .*precision must be one of"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run_wsi_job(slides, tmp_path / "job", config, stages=("patch",))
+    with pytest.raises(ValueError, match="heatmap stage needs class names"):
+        run_wsi_job(slides, tmp_path / "job", WsiJobConfig(weights=None), stages=("heatmap",))
+    assert not (tmp_path / "job").exists()
+
+
+def test_job_dir_that_is_a_file_is_a_usage_error(slides, tmp_path, capsys):
+    not_a_folder = tmp_path / "job"
+    not_a_folder.write_text("a file")
+    assert main(["wsi", "segment", "--slides", str(slides), "--job_dir", str(not_a_folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"the job directory {not_a_folder} is a file" in err and len(err.strip().splitlines()) == 1

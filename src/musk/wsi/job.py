@@ -88,6 +88,44 @@ class WsiJobConfig:
     seed: int = 0
     progress: bool = False
 
+    def validate(self, stages: Sequence[str] = STAGES) -> None:
+        """Raise ValueError naming every invalid setting: a job checks them once, before it pins or writes anything."""
+        from ..cli.common import DTYPES
+        from .extract import FEATURE_KINDS
+
+        v = asdict(self)
+        problems = [
+            f"{k} must be at least 1, got {v[k]}" for k in ("thumbnail_size", "patch_size", "batch_size") if v[k] < 1
+        ]
+        problems += [
+            f"{k} must be positive, got {v[k]}"
+            for k in ("mpp", "magnification", "target_mpp")
+            if v[k] is not None and not v[k] > 0
+        ]
+        problems += [
+            f"{k} must not be negative, got {v[k]}" for k in ("min_area_um2", "max_hole_um2", "num_workers") if v[k] < 0
+        ]
+        if (self.magnification is None) == (self.target_mpp is None):
+            problems.append("give exactly one of magnification (--mag) and target_mpp")
+        if not 0 <= self.min_saturation <= self.max_saturation <= 1:
+            problems.append(
+                f"need 0 <= min_saturation <= max_saturation <= 1, got {self.min_saturation} and {self.max_saturation}"
+            )
+        if not 0 <= self.overlap < self.patch_size:
+            problems.append(f"overlap must be in [0, patch_size), got {self.overlap} for patch_size {self.patch_size}")
+        if not 0 <= self.min_tissue <= 1:
+            problems.append(f"min_tissue is a fraction in [0, 1], got {self.min_tissue}")
+        if self.streams is not None and self.streams < 1:
+            problems.append(f"streams must be at least 1, got {self.streams}")
+        if self.features not in FEATURE_KINDS:
+            problems.append(f"features must be one of {FEATURE_KINDS}, got {self.features!r}")
+        if self.precision not in DTYPES:
+            problems.append(f"precision must be one of {tuple(DTYPES)}, got {self.precision!r}")
+        if "heatmap" in stages and not (self.classes and self.templates):
+            problems.append("the heatmap stage needs class names (--classes) and at least one template")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
 
 @dataclass
 class JobResult:
@@ -182,8 +220,6 @@ class _Job:
             from ..tokenizer import get_tokenizer
             from ..zeroshot import class_embeddings
 
-            if not cfg.classes:
-                raise ValueError("the heatmap stage needs class names (--classes)")
             tokenizer = get_tokenizer(cfg.tokenizer, cache_dir=cfg.cache_dir)
             self.class_embeddings = class_embeddings(self.model, tokenizer, list(cfg.classes), list(cfg.templates))
 
@@ -341,6 +377,9 @@ def run_wsi_job(
         raise ValueError(f"unknown stages {unknown}; choose from {STAGES}")
     last = max(STAGES.index(s) for s in stages)
     stages = STAGES[: last + 1] if last < 3 else (*STAGES[:3], "heatmap")
+    config.validate(stages)
+    if Path(job_dir).exists() and not Path(job_dir).is_dir():
+        raise ValueError(f"the job directory {job_dir} is a file: give a folder (new, or one of a job)")
     entries = list_slides(slides)
     rank, world, state = _distributed(cpu=config.device == "cpu")
     job = _Job(Path(job_dir), config, stages, rank, world)
