@@ -284,3 +284,26 @@ def test_job_dir_that_is_a_file_is_a_usage_error(slides, tmp_path, capsys):
     assert main(["wsi", "segment", "--slides", str(slides), "--job_dir", str(not_a_folder)]) == 2
     err = capsys.readouterr().err
     assert f"the job directory {not_a_folder} is a file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_precision_is_pinned_recorded_and_heatmap_takes_the_jobs(slides, tiny, tmp_path, tokenizer_file, capsys):
+    job_dir = tmp_path / "job"
+    assert main(job_args(slides / "s40.tif", job_dir, tiny[0], "--precision", "bf16")) == 0
+    features = read_patch_file(job_dir / "features" / "s40.h5")
+    assert features.attrs["precision"] == "bf16"
+    assert json.loads((job_dir / "config.json").read_text())["settings"]["extract"]["precision"] == "bf16"
+    write_pyramid(tmp_path / "second.tif", slide_pixels((1024, 768), [(256, 256, 768, 768)]), mpp=0.25, levels=2)
+    assert main(job_args(tmp_path / "second.tif", job_dir, tiny[0])) == 2  # fp32 next to bf16 features: refused
+    assert "precision: 'bf16' then, 'fp32' now" in capsys.readouterr().err
+    assert not (job_dir / "features" / "second.h5").exists()
+    heatmap = ["wsi", "heatmap", "--job_dir", str(job_dir), "--classes", *CLASSES, "--tokenizer", str(tokenizer_file)]
+    assert main([*heatmap, "--device", "cpu"]) == 0  # no --precision: the job's
+    assert json.loads((job_dir / "config.json").read_text())["config"]["precision"] == "bf16"
+    # a job made before precision was pinned: its last run's precision stands in
+    config = json.loads((job_dir / "config.json").read_text())
+    del config["settings"]["extract"]["precision"]
+    (job_dir / "config.json").write_text(json.dumps(config))
+    assert main(job_args(tmp_path / "second.tif", job_dir, tiny[0])) == 2
+    assert "precision: 'bf16' then, 'fp32' now" in capsys.readouterr().err
+    assert main(job_args(tmp_path / "second.tif", job_dir, tiny[0], "--precision", "bf16")) == 0
+    assert read_patch_file(job_dir / "features" / "second.h5").attrs["precision"] == "bf16"

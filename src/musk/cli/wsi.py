@@ -51,6 +51,8 @@ def add_parser(subparsers) -> None:
             add_runtime_args(p, streams=name != "heatmap")
         if name in ("run", "heatmap"):
             _add_zeroshot_args(p, required=name == "heatmap")
+        if name == "heatmap":
+            p.set_defaults(precision=None)  # the job's
         p.set_defaults(run=run, stage=name)
 
 
@@ -113,6 +115,8 @@ def job_config(args: argparse.Namespace):
     if args.stage == "heatmap":  # everything but the classes and the runtime comes from the job
         saved = _saved(Path(args.job_dir))["config"]
         values |= {k: saved[k] for k in (*JOB_SETTINGS, "model", "weights", "cache_dir", "features") if k in saved}
+        if args.precision is None:
+            values["precision"] = saved.get("precision", "fp32")
     if values.get("classes") and values.get("weights") is not None:  # tokenizer.spm beside local weights
         found = tokenizer_source(values.get("tokenizer"), values["weights"])
         values["tokenizer"] = str(found) if found is not None else None

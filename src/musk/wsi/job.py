@@ -52,7 +52,7 @@ STATUS_COLUMNS = ("slide", "status", "patches", "seconds", "error")
 STAGE_SETTINGS = {
     "segment": ("mpp", "thumbnail_size", "min_saturation", "max_saturation", "min_area_um2", "max_hole_um2"),
     "patch": ("patch_size", "magnification", "target_mpp", "overlap", "min_tissue"),
-    "extract": ("model", "weights_sha256", "features"),
+    "extract": ("model", "weights_sha256", "features", "precision"),
 }
 #: The segmentation and patching settings (what a job's geometry depends on).
 JOB_SETTINGS = (*STAGE_SETTINGS["segment"], *STAGE_SETTINGS["patch"])
@@ -189,9 +189,12 @@ class _Job:
         config_file = self.dir / "config.json"
         settings = self.settings()
         if config_file.is_file():
-            earlier = json.loads(config_file.read_text()).get("settings", {})
+            saved = json.loads(config_file.read_text())
+            earlier, last_run = saved.get("settings", {}), saved.get("config", {})
             for stage, values in settings.items():
                 old = earlier.get(stage)
+                if old is not None:  # a setting older versions did not pin: the last run's
+                    old = {k: last_run[k] for k in values if k in last_run} | old
                 changed = {k: (old.get(k), v) for k, v in values.items() if old is not None and old.get(k) != v}
                 if changed:
                     detail = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
@@ -314,6 +317,7 @@ class _Job:
             "encoder": cfg.model,
             "weights_sha256": self.weights_sha256,
             "feature_kind": cfg.features,
+            "precision": cfg.precision,
             "package_version": __version__,
         }
         write_patch_file(features_file, grid.coords, {"features": features}, attrs)
