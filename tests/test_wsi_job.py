@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import timm
@@ -112,6 +113,9 @@ def test_feature_files_match_the_geometry_and_the_model(finished_job, slides, ti
         assert attrs["feature_kind"] == "cls" and attrs["encoder"] == TINY and attrs["patch_size"] == 256
         assert attrs["level0_mpp"] == reader.mpp and attrs["patch_size_level0"] == grid.patch_size_level0
         assert features.features.shape == (len(grid.coords), 64) and features.features.dtype == np.float32
+        with h5py.File(job_dir / "features" / f"{name}.h5") as f:  # TRIDENT's reading, also after the heatmap
+            assert f["coords"].attrs["patch_size_level0"] == grid.patch_size_level0
+            assert f["features"].attrs["encoder"] == TINY and f["features"].attrs["feature_kind"] == "cls"
     glass = read_patch_file(job_dir / "features" / "glass.h5")
     assert glass.coords.shape == (0, 2) and glass.features.shape == (0, 64)
     s40 = read_patch_file(job_dir / "features" / "s40.h5")
