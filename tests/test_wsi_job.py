@@ -15,8 +15,10 @@ from PIL import Image
 
 from musk import get_transform
 from musk.cli import main
+from musk.outputs import file_sha256
 from musk.tokenizer import MuskTokenizer
 from musk.wsi import extract as extract_module
+from musk.wsi.extract import projected
 from musk.wsi.h5 import read_patch_file
 from musk.wsi.job import WsiJobConfig, run_wsi_job
 from musk.wsi.patching import plan_patches
@@ -311,3 +313,41 @@ def test_precision_is_pinned_recorded_and_heatmap_takes_the_jobs(slides, tiny, t
     assert "precision: 'bf16' then, 'fp32' now" in capsys.readouterr().err
     assert main(job_args(tmp_path / "second.tif", job_dir, tiny[0], "--precision", "bf16")) == 0
     assert read_patch_file(job_dir / "features" / "second.h5").attrs["precision"] == "bf16"
+
+
+def test_heatmap_is_redone_for_other_templates_and_kept_for_the_same_prompts(finished_job, tiny, tmp_path,
+                                                                              tokenizer_file):  # fmt: skip
+    job_dir, _ = finished_job
+    copy = tmp_path / "job"
+    shutil.copytree(job_dir, copy)
+    _, model = tiny
+    templates = ["an H&E image of {}.", "{} tissue"]
+    moved_tokenizer = tmp_path / "tokenizer.spm"  # the same file elsewhere: nothing to redo
+    shutil.copy(tokenizer_file, moved_tokenizer)
+    heatmap = ["wsi", "heatmap", "--job_dir", str(copy), "--classes", *CLASSES, "--device", "cpu"]
+    before = {p: p.stat().st_mtime_ns for p in (copy / "features").glob("*.h5")}
+    assert main([*heatmap, "--tokenizer", str(moved_tokenizer)]) == 1  # (the corrupt and mpp-less slides)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert main([*heatmap, "--tokenizer", str(tokenizer_file), "--templates", *templates]) == 1
+    data = read_patch_file(copy / "features" / "s40.h5")
+    assert json.loads(data.attrs["zeroshot_templates"]) == templates
+    assert data.attrs["zeroshot_tokenizer_sha256"] == file_sha256(tokenizer_file)
+    classes = class_embeddings(model, MuskTokenizer(tokenizer_file), CLASSES, templates)
+    want = probabilities(model, projected(model, data.features, "cls"), classes)
+    np.testing.assert_allclose(data.arrays["zeroshot_probabilities"], want.numpy(), atol=1e-5)
+    old = read_patch_file(job_dir / "features" / "s40.h5").arrays["zeroshot_probabilities"]
+    assert np.abs(data.arrays["zeroshot_probabilities"] - old).max() > 1e-4  # other prompts, other numbers
+    assert json.loads((copy / "config.json").read_text())["config"]["templates"] == templates
+
+
+def test_heatmaps_of_classes_no_longer_asked_for_are_removed(finished_job, tmp_path, tokenizer_file):
+    job_dir, _ = finished_job
+    copy = tmp_path / "job"
+    shutil.copytree(job_dir, copy)
+    folder = copy / "heatmaps" / "s40"
+    (folder / "my notes.png").write_bytes(b"not written by musk")
+    heatmap = ["wsi", "heatmap", "--job_dir", str(copy), "--tokenizer", str(tokenizer_file), "--device", "cpu"]
+    assert main([*heatmap, "--classes", "tumor", "necrosis"]) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["00_tumor.png", "01_necrosis.png", "my notes.png"]
+    assert main([*heatmap, "--classes", "tumor"]) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["00_tumor.png", "my notes.png"]

@@ -176,6 +176,8 @@ class _Job:
         self.class_embeddings = None
         self.weights_file: Path | None = None
         self.weights_sha256 = "random"
+        self.tokenizer = None
+        self.tokenizer_sha256: str | None = None
 
     # ---- configuration -------------------------------------------------------------------
     def settings(self) -> dict[str, dict]:
@@ -206,11 +208,20 @@ class _Job:
         record = provenance({"stages": list(self.stages), **asdict(self.config)})
         if self.weights_file is not None:
             record["weights"] = {"path": str(self.weights_file), "sha256": self.weights_sha256}
+        if self.tokenizer is not None:
+            record["tokenizer"] = {"path": str(self.tokenizer.model_file), "sha256": self.tokenizer_sha256}
         record["settings"] = settings
         record["slides"] = slides
         write_json(config_file, record)
 
     # ---- model ---------------------------------------------------------------------------
+    def load_tokenizer(self) -> None:
+        """The heatmap stage's tokenizer and its file's sha256 (maps made with another one are redone)."""
+        from ..tokenizer import get_tokenizer
+
+        self.tokenizer = get_tokenizer(self.config.tokenizer, cache_dir=self.config.cache_dir)
+        self.tokenizer_sha256 = file_sha256(self.tokenizer.model_file)
+
     def load_model(self, device) -> None:
         from ..cli.common import DTYPES, seed_everything
         from ..models import create_model
@@ -220,23 +231,25 @@ class _Job:
         self.model = create_model(cfg.model, pretrained=cfg.weights, device=device, dtype=DTYPES[cfg.precision],
                                   cache_dir=cfg.cache_dir)  # fmt: skip
         if "heatmap" in self.stages:
-            from ..tokenizer import get_tokenizer
             from ..zeroshot import class_embeddings
 
-            tokenizer = get_tokenizer(cfg.tokenizer, cache_dir=cfg.cache_dir)
-            self.class_embeddings = class_embeddings(self.model, tokenizer, list(cfg.classes), list(cfg.templates))
+            self.class_embeddings = class_embeddings(self.model, self.tokenizer, list(cfg.classes), list(cfg.templates))
 
     # ---- one slide -----------------------------------------------------------------------
-    def outputs_done(self, name: str) -> bool:
+    def has_heatmaps(self, name: str) -> bool:
+        """Whether the slide's maps are of this run's classes, templates and tokenizer (else they are redone)."""
         from .zeroshot_map import has_zeroshot_map
 
+        cfg = self.config
+        return has_zeroshot_map(self.path("features", name, ".h5"), cfg.classes, self.dir / "heatmaps" / name,
+                                cfg.templates, self.tokenizer_sha256)  # fmt: skip
+
+    def outputs_done(self, name: str) -> bool:
         checks = {
             "segment": lambda: self.path("masks", name, ".png").is_file(),
             "patch": lambda: self.path("patches", name, ".h5").is_file(),
             "extract": lambda: self.path("features", name, ".h5").is_file(),
-            "heatmap": lambda: has_zeroshot_map(
-                self.path("features", name, ".h5"), list(self.config.classes), self.dir / "heatmaps" / name
-            ),
+            "heatmap": lambda: self.has_heatmaps(name),
         }
         return all(checks[stage]() for stage in self.stages)
 
@@ -294,16 +307,15 @@ class _Job:
         features_file = self.path("features", name, ".h5")
         if "extract" in self.stages and not features_file.is_file():
             self.extract(entry, reader, grid, features_file)
-        if "heatmap" in self.stages:
+        if "heatmap" in self.stages and not self.has_heatmaps(name):
             from PIL import Image
 
-            from .zeroshot_map import add_zeroshot_map, has_zeroshot_map
+            from .zeroshot_map import add_zeroshot_map
 
-            folder = self.dir / "heatmaps" / name
-            if not has_zeroshot_map(features_file, list(cfg.classes), folder):
-                with Image.open(thumbnail_file) as thumbnail:
-                    add_zeroshot_map(self.model, features_file, self.class_embeddings, list(cfg.classes),
-                                     thumbnail.convert("RGB"), folder)  # fmt: skip
+            with Image.open(thumbnail_file) as thumbnail:
+                add_zeroshot_map(self.model, features_file, self.class_embeddings, list(cfg.classes),
+                                 thumbnail.convert("RGB"), self.dir / "heatmaps" / name, list(cfg.templates),
+                                 self.tokenizer_sha256)  # fmt: skip
         return len(grid.coords)
 
     def extract(self, entry: SlideEntry, reader: SlideReader, grid: PatchGrid, features_file: Path) -> None:
@@ -391,6 +403,8 @@ def run_wsi_job(
     if needs_model and config.weights is not None:
         job.weights_file = resolve_weights(config.weights, config.cache_dir)
         job.weights_sha256 = file_sha256(job.weights_file)
+    if "heatmap" in stages:
+        job.load_tokenizer()
     sources = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
     job.check_and_save_config([str(Path(s).expanduser().resolve()) for s in sources])
     pending = [e for e in job.work_order(entries) if not job.outputs_done(e.name)]
