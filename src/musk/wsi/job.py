@@ -395,7 +395,7 @@ def run_wsi_job(
     stages = STAGES[: last + 1] if last < 3 else (*STAGES[:3], "heatmap")
     config.validate(stages)
     if Path(job_dir).exists() and not Path(job_dir).is_dir():
-        raise ValueError(f"the job directory {job_dir} is a file: give a folder (new, or one of a job)")
+        raise ValueError(f"the job directory {job_dir} is a file: give a folder (a new one, or a job's)")
     entries = list_slides(slides)
     rank, world, state = _distributed(cpu=config.device == "cpu")
     job = _Job(Path(job_dir), config, stages, rank, world)
