@@ -232,3 +232,17 @@ def test_real_slide_patches_are_tissue_on_the_grid(sample_slide):
     assert (grid.coords[:, 0] + 256 <= 2220).all() and (grid.coords[:, 1] + 256 <= 2967).all()
     assert (tissue.tissue_fraction(grid.coords, 256) >= 0.5).all()
     assert len(everything.coords) > len(grid.coords)
+
+
+def test_arguments_are_checked_before_dividing(slide_40x):
+    with open_slide(slide_40x) as reader:
+        with pytest.raises(ValueError, match="thumbnail size must be at least 1 pixel, got 0"):
+            reader.thumbnail(0)
+        thumbnail = reader.thumbnail(256)
+        with pytest.raises(ValueError, match="mpp must be positive, got 0"):
+            segment_tissue(thumbnail, reader.dimensions, 0)
+        tissue = segment_tissue(thumbnail, reader.dimensions, reader.mpp)
+        with pytest.raises(ValueError, match="magnification/mpp must be positive, got 0"):
+            plan_patches(reader, tissue, magnification=0)
+        with pytest.raises(ValueError, match="magnification/mpp must be positive, got 0"):
+            plan_patches(reader, tissue, magnification=None, mpp=0)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from musk.wsi.h5 import read_patch_file, write_patch_file
+from musk.wsi.patching import PatchGrid
 
 
 def test_round_trip_keeps_types_shapes_and_attributes(tmp_path):
@@ -61,3 +62,34 @@ def test_read_errors_name_the_file_and_what_is_missing(tmp_path):
         f["feats"] = np.zeros((2, 3))
     with pytest.raises(ValueError, match="no 'coords' dataset .*feats"):
         read_patch_file(tmp_path / "other.h5")
+
+
+def test_geometry_is_on_coords_and_encoder_facts_on_features_as_trident_reads_them(tmp_path):
+    geometry = {"name": "s", "patch_size": 384, "patch_size_level0": 768, "target_magnification": 20.0,
+                "level0_magnification": 40.0, "level0_mpp": 0.25, "level0_width": 4000, "level0_height": 3000,
+                "overlap": 0, "min_tissue": 0.5}  # fmt: skip
+    ours = {"patch_level": 1, "read_size": 384, "zeroshot_classes": '["tumor"]'}
+    encoder = {"encoder": "musk", "weights_sha256": "ab12", "feature_kind": "cls", "precision": "fp32",
+               "package_version": "0.1"}  # fmt: skip
+    attrs = {**geometry, **ours, **encoder}
+    path = write_patch_file(tmp_path / "s.h5", np.zeros((2, 2)), {"features": np.zeros((2, 4))}, attrs)
+    with h5py.File(path) as f:
+        assert dict(f.attrs) == attrs  # the root keeps every attribute
+        assert dict(f["coords"].attrs) == geometry  # no patch_level: CLAM would read patch_size pixels there
+        assert dict(f["features"].attrs) == encoder
+    coords_only = write_patch_file(tmp_path / "c.h5", np.zeros((2, 2)), attrs=geometry)
+    with h5py.File(coords_only) as f:
+        assert dict(f["coords"].attrs) == geometry and "features" not in f
+
+
+def test_files_with_root_attributes_only_still_read(tmp_path):
+    attrs = {"name": "old", "patch_size": 256, "patch_size_level0": 512, "patch_level": 0, "read_size": 512,
+             "target_magnification": 20.0, "overlap": 0, "min_tissue": 0.5, "feature_kind": "cls"}  # fmt: skip
+    with h5py.File(tmp_path / "old.h5", "w") as f:  # as written before the dataset attributes
+        f["coords"] = np.array([[0, 0], [512, 0]], dtype=np.int64)
+        f["features"] = np.ones((2, 3), dtype=np.float32)
+        f.attrs.update(attrs)
+    old = read_patch_file(tmp_path / "old.h5")
+    assert old.attrs == attrs and old.features.shape == (2, 3)
+    grid = PatchGrid.from_attrs(old.coords, old.attrs)
+    assert grid.patch_size_level0 == 512 and grid.level == 0 and grid.target_magnification == 20.0

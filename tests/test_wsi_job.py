@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import timm
@@ -14,8 +15,10 @@ from PIL import Image
 
 from musk import get_transform
 from musk.cli import main
+from musk.outputs import file_sha256
 from musk.tokenizer import MuskTokenizer
 from musk.wsi import extract as extract_module
+from musk.wsi.extract import projected
 from musk.wsi.h5 import read_patch_file
 from musk.wsi.job import WsiJobConfig, run_wsi_job
 from musk.wsi.patching import plan_patches
@@ -112,6 +115,9 @@ def test_feature_files_match_the_geometry_and_the_model(finished_job, slides, ti
         assert attrs["feature_kind"] == "cls" and attrs["encoder"] == TINY and attrs["patch_size"] == 256
         assert attrs["level0_mpp"] == reader.mpp and attrs["patch_size_level0"] == grid.patch_size_level0
         assert features.features.shape == (len(grid.coords), 64) and features.features.dtype == np.float32
+        with h5py.File(job_dir / "features" / f"{name}.h5") as f:  # TRIDENT's reading, also after the heatmap
+            assert f["coords"].attrs["patch_size_level0"] == grid.patch_size_level0
+            assert f["features"].attrs["encoder"] == TINY and f["features"].attrs["feature_kind"] == "cls"
     glass = read_patch_file(job_dir / "features" / "glass.h5")
     assert glass.coords.shape == (0, 2) and glass.features.shape == (0, 64)
     s40 = read_patch_file(job_dir / "features" / "s40.h5")
@@ -214,3 +220,134 @@ def test_leftovers_of_a_killed_run_are_removed_and_others_kept(slides, tmp_path)
     config = WsiJobConfig(model=TINY, weights=None, patch_size=128, device="cpu")
     assert run_wsi_job([slides / "glass.tif"], job_dir, config).failed == []
     assert not mine.exists() and other.exists()
+
+
+def test_segment_takes_max_saturation_and_pins_it(slides, tmp_path, capsys):
+    job_dir = tmp_path / "job"
+    base = ["wsi", "segment", "--slides", str(slides / "s40.tif"), "--job_dir", str(job_dir)]
+    assert main([*base, "--max_saturation", "0.3"]) == 0
+    assert json.loads((job_dir / "config.json").read_text())["settings"]["segment"]["max_saturation"] == 0.3
+    assert main(base) == 2
+    assert "max_saturation: 0.3 then, 0.2 now" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--overlap", "500"], "overlap must be in [0, patch_size), got 500 for patch_size 256"),
+        (["--overlap", "-1"], "overlap must be in [0, patch_size), got -1"),
+        (["--min_tissue", "1.5"], "min_tissue is a fraction in [0, 1], got 1.5"),
+        (["--batch_size", "0"], "batch_size must be at least 1, got 0"),
+        (["--min_saturation", "0.5"], "need 0 <= min_saturation <= max_saturation <= 1, got 0.5 and 0.2"),
+        (["--num_workers", "-2"], "num_workers must not be negative, got -2"),
+    ],
+)
+def test_invalid_settings_stop_the_job_before_anything_is_pinned_or_done(
+    flags, message, slides, tiny, tmp_path, capsys
+):
+    job_dir = tmp_path / "job"
+    assert main(job_args(slides, job_dir, tiny[0], *flags)) == 2
+    assert message in capsys.readouterr().err
+    assert not job_dir.exists()  # no slide segmented, no config.json pinning the rejected settings
+
+
+def test_a_run_refused_for_its_settings_pins_nothing(slides, tiny, tmp_path, capsys):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    assert main(job_args(slides / "s40.tif", job_dir, tiny[0], "--overlap", "500")) == 2
+    assert main(job_args(slides / "s40.tif", job_dir, tiny[0])) == 0  # was refused: "made with other patch settings"
+    assert read_status(job_dir)["s40"]["status"] == "done"
+
+
+@pytest.mark.parametrize(
+    "flags", [["--mag", "0"], ["--target_mpp", "-1"], ["--thumbnail_size", "0"], ["--patch_size", "0"], ["--mpp", "0"]]
+)
+def test_non_positive_sizes_are_usage_errors(flags, slides, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["wsi", "patch", "--slides", str(slides), "--job_dir", str(tmp_path / "job"), *flags])
+    assert stop.value.code == 2 and f"argument {flags[0]}: must be" in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
+
+
+def test_library_job_checks_its_config_once(slides, tmp_path):
+    for config, message in [
+        (WsiJobConfig(thumbnail_size=0), "thumbnail_size must be at least 1, got 0"),
+        (WsiJobConfig(magnification=0), "magnification must be positive, got 0"),
+        (WsiJobConfig(mpp=0), "mpp must be positive, got 0"),
+        (WsiJobConfig(magnification=None), "give exactly one of magnification"),
+        (WsiJobConfig(features="bogus", precision="fp8"), "features must be one of .*precision must be one of"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run_wsi_job(slides, tmp_path / "job", config, stages=("patch",))
+    with pytest.raises(ValueError, match="heatmap stage needs class names"):
+        run_wsi_job(slides, tmp_path / "job", WsiJobConfig(weights=None), stages=("heatmap",))
+    assert not (tmp_path / "job").exists()
+
+
+def test_job_dir_that_is_a_file_is_a_usage_error(slides, tmp_path, capsys):
+    not_a_folder = tmp_path / "job"
+    not_a_folder.write_text("a file")
+    assert main(["wsi", "segment", "--slides", str(slides), "--job_dir", str(not_a_folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"the job directory {not_a_folder} is a file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_precision_is_pinned_recorded_and_heatmap_takes_the_jobs(slides, tiny, tmp_path, tokenizer_file, capsys):
+    job_dir = tmp_path / "job"
+    assert main(job_args(slides / "s40.tif", job_dir, tiny[0], "--precision", "bf16")) == 0
+    features = read_patch_file(job_dir / "features" / "s40.h5")
+    assert features.attrs["precision"] == "bf16"
+    assert json.loads((job_dir / "config.json").read_text())["settings"]["extract"]["precision"] == "bf16"
+    write_pyramid(tmp_path / "second.tif", slide_pixels((1024, 768), [(256, 256, 768, 768)]), mpp=0.25, levels=2)
+    assert main(job_args(tmp_path / "second.tif", job_dir, tiny[0])) == 2  # fp32 next to bf16 features: refused
+    assert "precision: 'bf16' then, 'fp32' now" in capsys.readouterr().err
+    assert not (job_dir / "features" / "second.h5").exists()
+    heatmap = ["wsi", "heatmap", "--job_dir", str(job_dir), "--classes", *CLASSES, "--tokenizer", str(tokenizer_file)]
+    assert main([*heatmap, "--device", "cpu"]) == 0  # no --precision: the job's
+    assert json.loads((job_dir / "config.json").read_text())["config"]["precision"] == "bf16"
+    # a job made before precision was pinned: its last run's precision stands in
+    config = json.loads((job_dir / "config.json").read_text())
+    del config["settings"]["extract"]["precision"]
+    (job_dir / "config.json").write_text(json.dumps(config))
+    assert main(job_args(tmp_path / "second.tif", job_dir, tiny[0])) == 2
+    assert "precision: 'bf16' then, 'fp32' now" in capsys.readouterr().err
+    assert main(job_args(tmp_path / "second.tif", job_dir, tiny[0], "--precision", "bf16")) == 0
+    assert read_patch_file(job_dir / "features" / "second.h5").attrs["precision"] == "bf16"
+
+
+def test_heatmap_is_redone_for_other_templates_and_kept_for_the_same_prompts(finished_job, tiny, tmp_path,
+                                                                              tokenizer_file):  # fmt: skip
+    job_dir, _ = finished_job
+    copy = tmp_path / "job"
+    shutil.copytree(job_dir, copy)
+    _, model = tiny
+    templates = ["an H&E image of {}.", "{} tissue"]
+    moved_tokenizer = tmp_path / "tokenizer.spm"  # the same file elsewhere: nothing to redo
+    shutil.copy(tokenizer_file, moved_tokenizer)
+    heatmap = ["wsi", "heatmap", "--job_dir", str(copy), "--classes", *CLASSES, "--device", "cpu"]
+    before = {p: p.stat().st_mtime_ns for p in (copy / "features").glob("*.h5")}
+    assert main([*heatmap, "--tokenizer", str(moved_tokenizer)]) == 1  # (the corrupt and mpp-less slides)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert main([*heatmap, "--tokenizer", str(tokenizer_file), "--templates", *templates]) == 1
+    data = read_patch_file(copy / "features" / "s40.h5")
+    assert json.loads(data.attrs["zeroshot_templates"]) == templates
+    assert data.attrs["zeroshot_tokenizer_sha256"] == file_sha256(tokenizer_file)
+    classes = class_embeddings(model, MuskTokenizer(tokenizer_file), CLASSES, templates)
+    want = probabilities(model, projected(model, data.features, "cls"), classes)
+    np.testing.assert_allclose(data.arrays["zeroshot_probabilities"], want.numpy(), atol=1e-5)
+    old = read_patch_file(job_dir / "features" / "s40.h5").arrays["zeroshot_probabilities"]
+    assert np.abs(data.arrays["zeroshot_probabilities"] - old).max() > 1e-4  # other prompts, other numbers
+    assert json.loads((copy / "config.json").read_text())["config"]["templates"] == templates
+
+
+def test_heatmaps_of_classes_no_longer_asked_for_are_removed(finished_job, tmp_path, tokenizer_file):
+    job_dir, _ = finished_job
+    copy = tmp_path / "job"
+    shutil.copytree(job_dir, copy)
+    folder = copy / "heatmaps" / "s40"
+    (folder / "my notes.png").write_bytes(b"not written by musk")
+    heatmap = ["wsi", "heatmap", "--job_dir", str(copy), "--tokenizer", str(tokenizer_file), "--device", "cpu"]
+    assert main([*heatmap, "--classes", "tumor", "necrosis"]) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["00_tumor.png", "01_necrosis.png", "my notes.png"]
+    assert main([*heatmap, "--classes", "tumor"]) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["00_tumor.png", "my notes.png"]

@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..zeroshot import DEFAULT_TEMPLATES
-from .common import add_model_args, add_runtime_args, show_progress
+from .common import add_model_args, add_runtime_args, positive_int, show_progress
 from .zeroshot import tokenizer_source
 
 _NO_WEIGHTS = ("none", "random")
@@ -51,6 +51,8 @@ def add_parser(subparsers) -> None:
             add_runtime_args(p, streams=name != "heatmap")
         if name in ("run", "heatmap"):
             _add_zeroshot_args(p, required=name == "heatmap")
+        if name == "heatmap":
+            p.set_defaults(precision=None)  # the job's
         p.set_defaults(run=run, stage=name)
 
 
@@ -60,24 +62,37 @@ def _add_job_args(p: argparse.ArgumentParser, slides_required: bool) -> None:
                         + ("" if slides_required else " (default: those of the job)"))  # fmt: skip
     p.add_argument("--job_dir", required=True, help="where every output and the status go (resumable)")
     if slides_required:  # (the heatmap stage keeps the job's)
-        p.add_argument("--mpp", type=float, default=None, help="microns per level-0 pixel, overriding metadata")
+        p.add_argument(
+            "--mpp", type=_positive_float, default=None, help="microns per level-0 pixel, overriding metadata"
+        )
 
 
 def _add_segment_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tissue segmentation")
-    g.add_argument("--thumbnail_size", type=int, default=2048, help="longer side (default: %(default)s)")
+    g.add_argument("--thumbnail_size", type=positive_int, default=2048, help="longer side (default: %(default)s)")
     g.add_argument("--min_saturation", type=float, default=0.08, help="tissue floor (default: %(default)s)")
+    g.add_argument("--max_saturation", type=float, default=0.2,
+                   help="the threshold's ceiling: an all-tissue field stays tissue (default: %(default)s)")  # fmt: skip
     g.add_argument("--min_area_um2", type=float, default=20_000, help="smallest tissue piece (default: %(default)s)")
     g.add_argument("--max_hole_um2", type=float, default=5_000, help="holes filled up to (default: %(default)s)")
 
 
 def _add_patch_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("patching")
-    g.add_argument("--mag", type=float, default=20.0, help="target magnification (default: %(default)s)")
-    g.add_argument("--target_mpp", type=float, default=None, help="target microns per pixel (instead of --mag)")
-    g.add_argument("--patch_size", type=int, default=384, help="pixels at the target (default: %(default)s)")
+    g.add_argument("--mag", type=_positive_float, default=20.0, help="target magnification (default: %(default)s)")
+    g.add_argument(
+        "--target_mpp", type=_positive_float, default=None, help="target microns per pixel (instead of --mag)"
+    )
+    g.add_argument("--patch_size", type=positive_int, default=384, help="pixels at the target (default: %(default)s)")
     g.add_argument("--overlap", type=int, default=0, help="pixels at the target (default: %(default)s)")
     g.add_argument("--min_tissue", type=float, default=0.5, help="tissue fraction per patch (default: %(default)s)")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
 
 
 def _add_zeroshot_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -100,6 +115,8 @@ def job_config(args: argparse.Namespace):
     if args.stage == "heatmap":  # everything but the classes and the runtime comes from the job
         saved = _saved(Path(args.job_dir))["config"]
         values |= {k: saved[k] for k in (*JOB_SETTINGS, "model", "weights", "cache_dir", "features") if k in saved}
+        if args.precision is None:
+            values["precision"] = saved.get("precision", "fp32")
     if values.get("classes") and values.get("weights") is not None:  # tokenizer.spm beside local weights
         found = tokenizer_source(values.get("tokenizer"), values["weights"])
         values["tokenizer"] = str(found) if found is not None else None

@@ -2,8 +2,10 @@
 
 Datasets: ``coords`` int64 (N, 2), level-0 top-left (x, y); ``features`` float32 (N, D) in feature files;
 per-patch values such as zero-shot probabilities or MIL attention as further (N, ...) datasets. Slide-level
-facts (patch size, magnification, mpp, level-0 size, encoder ...) are file attributes. Files are written to
-a temporary name and renamed, so a killed job never leaves a half-written file under the final name.
+facts (patch size, magnification, mpp, level-0 size, encoder ...) are file attributes; the geometry is also on
+``coords`` and the encoder's facts on ``features``, where TRIDENT-style readers look (``f["coords"].attrs``).
+Files are written to a temporary name and renamed, so a killed job never leaves a half-written file under the
+final name.
 """
 
 from __future__ import annotations
@@ -16,6 +18,24 @@ from pathlib import Path
 import numpy as np
 
 from ..outputs import atomic_path
+
+#: File attributes also written on the ``coords`` dataset (TRIDENT's meaning: ``patch_size`` at the target,
+#: ``patch_size_level0`` at level 0). Not ``patch_level``: CLAM's readers would read ``patch_size`` pixels there.
+COORDS_ATTRS = (
+    "name",
+    "patch_size",
+    "patch_size_level0",
+    "target_magnification",
+    "target_mpp",
+    "level0_magnification",
+    "level0_mpp",
+    "level0_width",
+    "level0_height",
+    "overlap",
+    "min_tissue",
+)
+#: File attributes also written on the ``features`` dataset.
+FEATURES_ATTRS = ("encoder", "weights_sha256", "feature_kind", "precision", "package_version")
 
 
 @dataclass
@@ -52,7 +72,8 @@ def write_patch_file(
 ) -> Path:
     """Write ``coords`` (N, 2), per-patch ``arrays`` (N, ...) and ``attrs`` to ``path`` atomically.
 
-    ``features`` is stored as float32; attributes that are ``None`` are left out (h5 has no null).
+    ``features`` is stored as float32; attributes that are ``None`` are left out (h5 has no null). Those of
+    :data:`COORDS_ATTRS` and :data:`FEATURES_ATTRS` are written on the file and on that dataset.
     """
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     checked = {}
@@ -69,8 +90,12 @@ def write_patch_file(
             for name, value in checked.items():
                 f.create_dataset(name, data=value)
             for key, value in (attrs or {}).items():
-                if value is not None:
-                    f.attrs[key] = value
+                if value is None:
+                    continue
+                f.attrs[key] = value
+                for dataset, keys in (("coords", COORDS_ATTRS), ("features", FEATURES_ATTRS)):
+                    if key in keys and dataset in f:
+                        f[dataset].attrs[key] = value
     return path
 
 

@@ -52,7 +52,7 @@ STATUS_COLUMNS = ("slide", "status", "patches", "seconds", "error")
 STAGE_SETTINGS = {
     "segment": ("mpp", "thumbnail_size", "min_saturation", "max_saturation", "min_area_um2", "max_hole_um2"),
     "patch": ("patch_size", "magnification", "target_mpp", "overlap", "min_tissue"),
-    "extract": ("model", "weights_sha256", "features"),
+    "extract": ("model", "weights_sha256", "features", "precision"),
 }
 #: The segmentation and patching settings (what a job's geometry depends on).
 JOB_SETTINGS = (*STAGE_SETTINGS["segment"], *STAGE_SETTINGS["patch"])
@@ -87,6 +87,44 @@ class WsiJobConfig:
     streams: int | None = None  # concurrent model calls per batch; None: one per CPU thread on CPU
     seed: int = 0
     progress: bool = False
+
+    def validate(self, stages: Sequence[str] = STAGES) -> None:
+        """Raise ValueError naming every invalid setting: a job checks them once, before it pins or writes anything."""
+        from ..cli.common import DTYPES
+        from .extract import FEATURE_KINDS
+
+        v = asdict(self)
+        problems = [
+            f"{k} must be at least 1, got {v[k]}" for k in ("thumbnail_size", "patch_size", "batch_size") if v[k] < 1
+        ]
+        problems += [
+            f"{k} must be positive, got {v[k]}"
+            for k in ("mpp", "magnification", "target_mpp")
+            if v[k] is not None and not v[k] > 0
+        ]
+        problems += [
+            f"{k} must not be negative, got {v[k]}" for k in ("min_area_um2", "max_hole_um2", "num_workers") if v[k] < 0
+        ]
+        if (self.magnification is None) == (self.target_mpp is None):
+            problems.append("give exactly one of magnification (--mag) and target_mpp")
+        if not 0 <= self.min_saturation <= self.max_saturation <= 1:
+            problems.append(
+                f"need 0 <= min_saturation <= max_saturation <= 1, got {self.min_saturation} and {self.max_saturation}"
+            )
+        if not 0 <= self.overlap < self.patch_size:
+            problems.append(f"overlap must be in [0, patch_size), got {self.overlap} for patch_size {self.patch_size}")
+        if not 0 <= self.min_tissue <= 1:
+            problems.append(f"min_tissue is a fraction in [0, 1], got {self.min_tissue}")
+        if self.streams is not None and self.streams < 1:
+            problems.append(f"streams must be at least 1, got {self.streams}")
+        if self.features not in FEATURE_KINDS:
+            problems.append(f"features must be one of {FEATURE_KINDS}, got {self.features!r}")
+        if self.precision not in DTYPES:
+            problems.append(f"precision must be one of {tuple(DTYPES)}, got {self.precision!r}")
+        if "heatmap" in stages and not (self.classes and self.templates):
+            problems.append("the heatmap stage needs class names (--classes) and at least one template")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
 
 
 @dataclass
@@ -138,6 +176,8 @@ class _Job:
         self.class_embeddings = None
         self.weights_file: Path | None = None
         self.weights_sha256 = "random"
+        self.tokenizer = None
+        self.tokenizer_sha256: str | None = None
 
     # ---- configuration -------------------------------------------------------------------
     def settings(self) -> dict[str, dict]:
@@ -151,9 +191,12 @@ class _Job:
         config_file = self.dir / "config.json"
         settings = self.settings()
         if config_file.is_file():
-            earlier = json.loads(config_file.read_text()).get("settings", {})
+            saved = json.loads(config_file.read_text())
+            earlier, last_run = saved.get("settings", {}), saved.get("config", {})
             for stage, values in settings.items():
                 old = earlier.get(stage)
+                if old is not None:  # a setting older versions did not pin: the last run's
+                    old = {k: last_run[k] for k in values if k in last_run} | old
                 changed = {k: (old.get(k), v) for k, v in values.items() if old is not None and old.get(k) != v}
                 if changed:
                     detail = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
@@ -165,11 +208,20 @@ class _Job:
         record = provenance({"stages": list(self.stages), **asdict(self.config)})
         if self.weights_file is not None:
             record["weights"] = {"path": str(self.weights_file), "sha256": self.weights_sha256}
+        if self.tokenizer is not None:
+            record["tokenizer"] = {"path": str(self.tokenizer.model_file), "sha256": self.tokenizer_sha256}
         record["settings"] = settings
         record["slides"] = slides
         write_json(config_file, record)
 
     # ---- model ---------------------------------------------------------------------------
+    def load_tokenizer(self) -> None:
+        """The heatmap stage's tokenizer and its file's sha256 (maps made with another one are redone)."""
+        from ..tokenizer import get_tokenizer
+
+        self.tokenizer = get_tokenizer(self.config.tokenizer, cache_dir=self.config.cache_dir)
+        self.tokenizer_sha256 = file_sha256(self.tokenizer.model_file)
+
     def load_model(self, device) -> None:
         from ..cli.common import DTYPES, seed_everything
         from ..models import create_model
@@ -179,25 +231,25 @@ class _Job:
         self.model = create_model(cfg.model, pretrained=cfg.weights, device=device, dtype=DTYPES[cfg.precision],
                                   cache_dir=cfg.cache_dir)  # fmt: skip
         if "heatmap" in self.stages:
-            from ..tokenizer import get_tokenizer
             from ..zeroshot import class_embeddings
 
-            if not cfg.classes:
-                raise ValueError("the heatmap stage needs class names (--classes)")
-            tokenizer = get_tokenizer(cfg.tokenizer, cache_dir=cfg.cache_dir)
-            self.class_embeddings = class_embeddings(self.model, tokenizer, list(cfg.classes), list(cfg.templates))
+            self.class_embeddings = class_embeddings(self.model, self.tokenizer, list(cfg.classes), list(cfg.templates))
 
     # ---- one slide -----------------------------------------------------------------------
-    def outputs_done(self, name: str) -> bool:
+    def has_heatmaps(self, name: str) -> bool:
+        """Whether the slide's maps are of this run's classes, templates and tokenizer (else they are redone)."""
         from .zeroshot_map import has_zeroshot_map
 
+        cfg = self.config
+        return has_zeroshot_map(self.path("features", name, ".h5"), cfg.classes, self.dir / "heatmaps" / name,
+                                cfg.templates, self.tokenizer_sha256)  # fmt: skip
+
+    def outputs_done(self, name: str) -> bool:
         checks = {
             "segment": lambda: self.path("masks", name, ".png").is_file(),
             "patch": lambda: self.path("patches", name, ".h5").is_file(),
             "extract": lambda: self.path("features", name, ".h5").is_file(),
-            "heatmap": lambda: has_zeroshot_map(
-                self.path("features", name, ".h5"), list(self.config.classes), self.dir / "heatmaps" / name
-            ),
+            "heatmap": lambda: self.has_heatmaps(name),
         }
         return all(checks[stage]() for stage in self.stages)
 
@@ -255,16 +307,15 @@ class _Job:
         features_file = self.path("features", name, ".h5")
         if "extract" in self.stages and not features_file.is_file():
             self.extract(entry, reader, grid, features_file)
-        if "heatmap" in self.stages:
+        if "heatmap" in self.stages and not self.has_heatmaps(name):
             from PIL import Image
 
-            from .zeroshot_map import add_zeroshot_map, has_zeroshot_map
+            from .zeroshot_map import add_zeroshot_map
 
-            folder = self.dir / "heatmaps" / name
-            if not has_zeroshot_map(features_file, list(cfg.classes), folder):
-                with Image.open(thumbnail_file) as thumbnail:
-                    add_zeroshot_map(self.model, features_file, self.class_embeddings, list(cfg.classes),
-                                     thumbnail.convert("RGB"), folder)  # fmt: skip
+            with Image.open(thumbnail_file) as thumbnail:
+                add_zeroshot_map(self.model, features_file, self.class_embeddings, list(cfg.classes),
+                                 thumbnail.convert("RGB"), self.dir / "heatmaps" / name, list(cfg.templates),
+                                 self.tokenizer_sha256)  # fmt: skip
         return len(grid.coords)
 
     def extract(self, entry: SlideEntry, reader: SlideReader, grid: PatchGrid, features_file: Path) -> None:
@@ -278,6 +329,7 @@ class _Job:
             "encoder": cfg.model,
             "weights_sha256": self.weights_sha256,
             "feature_kind": cfg.features,
+            "precision": cfg.precision,
             "package_version": __version__,
         }
         write_patch_file(features_file, grid.coords, {"features": features}, attrs)
@@ -341,6 +393,9 @@ def run_wsi_job(
         raise ValueError(f"unknown stages {unknown}; choose from {STAGES}")
     last = max(STAGES.index(s) for s in stages)
     stages = STAGES[: last + 1] if last < 3 else (*STAGES[:3], "heatmap")
+    config.validate(stages)
+    if Path(job_dir).exists() and not Path(job_dir).is_dir():
+        raise ValueError(f"the job directory {job_dir} is a file: give a folder (a new one, or a job's)")
     entries = list_slides(slides)
     rank, world, state = _distributed(cpu=config.device == "cpu")
     job = _Job(Path(job_dir), config, stages, rank, world)
@@ -348,6 +403,8 @@ def run_wsi_job(
     if needs_model and config.weights is not None:
         job.weights_file = resolve_weights(config.weights, config.cache_dir)
         job.weights_sha256 = file_sha256(job.weights_file)
+    if "heatmap" in stages:
+        job.load_tokenizer()
     sources = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
     job.check_and_save_config([str(Path(s).expanduser().resolve()) for s in sources])
     pending = [e for e in job.work_order(entries) if not job.outputs_done(e.name)]

@@ -70,9 +70,10 @@ def level0_scale(reader: SlideReader, magnification: float | None, mpp: float | 
     """Level-0 pixels per target pixel for a target ``magnification`` or ``mpp`` (exactly one of them)."""
     if (magnification is None) == (mpp is None):
         raise ValueError("give exactly one of a target magnification and a target mpp")
+    target = magnification if magnification is not None else mpp
+    if not target > 0:
+        raise ValueError(f"the target magnification/mpp must be positive, got {target}")
     scale = reader.magnification / magnification if magnification is not None else mpp / reader.mpp
-    if not scale > 0:
-        raise ValueError(f"the target magnification/mpp must be positive, got {magnification or mpp}")
     if scale < 1 - 1e-3:
         target = f"{magnification:g}x" if magnification is not None else f"{mpp:g} mpp"
         raise ValueError(

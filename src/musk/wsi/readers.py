@@ -75,6 +75,8 @@ class SlideReader:
 
     def thumbnail(self, max_size: int) -> Image.Image:
         """The whole slide as RGB, its longer side ``max_size`` pixels (never larger than level 0)."""
+        if max_size < 1:
+            raise ValueError(f"the thumbnail size must be at least 1 pixel, got {max_size}")
         width, height = self.dimensions
         scale = min(1.0, max_size / max(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))

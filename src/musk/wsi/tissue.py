@@ -77,6 +77,8 @@ def segment_tissue(
     """
     from PIL import ImageFilter
 
+    if not mpp > 0:
+        raise ValueError(f"mpp must be positive, got {mpp}")
     saturation = thumbnail.convert("RGB").convert("HSV").getchannel("S").filter(ImageFilter.MedianFilter(5))
     saturation = np.asarray(saturation)
     threshold = min(max(round(min_saturation * 255), otsu_threshold(saturation)), round(max_saturation * 255))
