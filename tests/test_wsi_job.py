@@ -279,8 +279,14 @@ def test_library_job_checks_its_config_once(slides, tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             run_wsi_job(slides, tmp_path / "job", config, stages=("patch",))
-    with pytest.raises(ValueError, match="heatmap stage needs class names"):
-        run_wsi_job(slides, tmp_path / "job", WsiJobConfig(weights=None), stages=("heatmap",))
+    for classes, templates, message in [
+        ((), ("{}.",), "heatmap stage: zero-shot classification needs at least one of class_names"),
+        (("tumor", "tumor"), ("{}.",), r"heatmap stage: class names must be distinct; repeated: \['tumor'\]"),
+        (("tumor", "stroma"), ("a photo",), "heatmap stage: template 'a photo' must contain the class placeholder"),
+    ]:
+        config = WsiJobConfig(weights=None, classes=classes, templates=templates)
+        with pytest.raises(ValueError, match=message):
+            run_wsi_job(slides, tmp_path / "job", config, stages=("heatmap",))
     assert not (tmp_path / "job").exists()
 
 

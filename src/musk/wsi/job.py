@@ -91,6 +91,7 @@ class WsiJobConfig:
     def validate(self, stages: Sequence[str] = STAGES) -> None:
         """Raise ValueError naming every invalid setting: a job checks them once, before it pins or writes anything."""
         from ..cli.common import DTYPES
+        from ..zeroshot import class_prompts
         from .extract import FEATURE_KINDS
 
         v = asdict(self)
@@ -121,8 +122,11 @@ class WsiJobConfig:
             problems.append(f"features must be one of {FEATURE_KINDS}, got {self.features!r}")
         if self.precision not in DTYPES:
             problems.append(f"precision must be one of {tuple(DTYPES)}, got {self.precision!r}")
-        if "heatmap" in stages and not (self.classes and self.templates):
-            problems.append("the heatmap stage needs class names (--classes) and at least one template")
+        if "heatmap" in stages:
+            try:
+                class_prompts(list(self.classes or ()), list(self.templates or ()))
+            except ValueError as e:
+                problems.append(f"the heatmap stage: {e}")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 
