@@ -121,6 +121,7 @@ def run_benchmark(config: BenchConfig) -> list[dict]:
     unknown = [t for t in [config.task] if t != "auto" and t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task {unknown[0]!r}; use auto or one of {sorted(TASKS)}")
+    knn.check_k(config.knn_k)
     store = FeatureStore(config.feature_root, config.batch_size, config.num_workers, config.progress)
     written = []
     for name, pretrained in config.models:
