@@ -283,3 +283,13 @@ def test_folder_splits_share_one_class_list_and_probes_need_every_class_in_train
     with pytest.raises(ValueError, match="knn_k"):
         run_benchmark(BenchConfig(**{**config.__dict__, "knn_k": 0}))
 
+
+def test_unknown_peer_model_names_are_reported_with_how_to_list_them():
+    with pytest.raises(ValueError, match=r"timm:nosuch: timm has no model 'nosuch'.*timm\.list_models\(\)"):
+        load_adapter("timm:nosuch", "random")
+    with pytest.raises(ValueError, match=r"Did you mean vit_base_patch16_224"):
+        load_adapter("timm:vit_base_patch16_22", "random")
+    with pytest.raises(ValueError, match=r"open_clip has no model 'nosuch'.*open_clip\.list_models\(\)"):
+        load_adapter("open_clip:nosuch", "")
+    with pytest.raises(ValueError, match=r"no pretrained tag or file 'nosuchtag'.*list_pretrained_tags_by_model"):
+        load_adapter("open_clip:ViT-B-32", "nosuchtag")
