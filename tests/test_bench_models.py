@@ -293,3 +293,16 @@ def test_unknown_peer_model_names_are_reported_with_how_to_list_them():
         load_adapter("open_clip:nosuch", "")
     with pytest.raises(ValueError, match=r"no pretrained tag or file 'nosuchtag'.*list_pretrained_tags_by_model"):
         load_adapter("open_clip:ViT-B-32", "nosuchtag")
+
+
+def test_an_unusable_output_path_stops_the_run_before_any_evaluation(tmp_path):
+    """Checked first: the dataset folder does not even exist, and no model is loaded."""
+    config = BenchConfig(models=[("musk_tiny_patch16_64", "random")], datasets=["folder"],
+                         dataset_root=str(tmp_path / "absent"), task="knn", output=str(tmp_path))  # fmt: skip
+    with pytest.raises(ValueError, match=r"--output .* is a folder; name a results file"):
+        run_benchmark(config)
+    (tmp_path / "notes.txt").write_text("not results\n")
+    with pytest.raises(ValueError, match=r"notes\.txt, line 1: not JSON"):
+        run_benchmark(BenchConfig(**{**config.__dict__, "output": str(tmp_path / "notes.txt")}))
+    with pytest.raises(ValueError, match=r"notes\.txt is a file, not a folder"):
+        run_benchmark(BenchConfig(**{**config.__dict__, "output": str(tmp_path / "notes.txt" / "r.json")}))
