@@ -160,6 +160,19 @@ def test_generic_folder_and_csv(tmp_path):
     assert test.classes == ["benign", "tumor"] and test.labels.tolist() == [0, 0]
 
 
+def test_csv_rows_without_a_label_or_an_image_are_named(tmp_path):
+    layouts.image(tmp_path / "a.png"), layouts.image(tmp_path / "b.png")
+    table = tmp_path / "labels.csv"
+    table.write_text("image,label\na.png,tumor\n\nb.png,\na.png, \n")  # line 3 is blank
+    with pytest.raises(DatasetLayoutError, match=r"labels\.csv has no 'label' on line\(s\) 4, 5; fill them in"):
+        load_dataset("csv", table, "test")
+    table.write_text("image,caption\na.png,a caption\n,another\n")
+    with pytest.raises(DatasetLayoutError, match=r"no 'image' on line\(s\) 3;"):
+        load_dataset("csv", table, "test")
+    table.write_text("image,label\na.png,tumor\nb.png,NA\n")  # a class may be called NA
+    assert load_dataset("csv", table, "test").classes == ["NA", "tumor"]
+
+
 def test_custom_class_names_and_templates(tmp_path):
     layouts.pannuke_demo(tmp_path)
     names, templates = tmp_path / "names.json", tmp_path / "templates.json"

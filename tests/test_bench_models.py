@@ -250,3 +250,59 @@ def test_transformers_clip_adapter_equals_the_model_itself(tmp_path, tiles):
     torch.testing.assert_close(got_images, torch.nn.functional.normalize(want_images, dim=-1))
     torch.testing.assert_close(got_texts, torch.nn.functional.normalize(want_texts, dim=-1))
     assert got_images.shape == (3, 16) and adapter.identity()["model"] == f"hf_clip:{tmp_path / 'hf'}"
+
+
+def test_folder_splits_share_one_class_list_and_probes_need_every_class_in_train(tmp_path):
+    """A class missing from one split neither shifts the labels of the others nor breaks the metrics; a probe
+    refuses to run without training images of every class."""
+    root = tmp_path / "tiles"
+    for split, classes in (("train", ("benign", "tumor")), ("test", ("adenoma", "benign", "tumor"))):
+        for c in classes:
+            for i in range(2):
+                layouts.image(root / split / c / f"{i}.png")
+    train, test = load_dataset("folder", root, "train"), load_dataset("folder", root, "test")
+    assert train.classes == test.classes == ["adenoma", "benign", "tumor"]
+    assert train.labels.tolist() == [1, 1, 2, 2] and test.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    config = BenchConfig(
+        models=[("musk_tiny_patch16_64", "random")],
+        datasets=["folder"],
+        dataset_root=str(root),
+        task="knn",
+        output=str(tmp_path / "knn.json"),
+        feature_root=None,
+        num_workers=0,
+    )
+    with pytest.raises(ValueError, match=r"train split has no images of the class\(es\) \['adenoma'\]"):
+        run_benchmark(config)
+
+    # the other way round: a class absent from test is scored as a class without test images
+    (root / "test" / "adenoma").rename(root / "train" / "adenoma")
+    (metrics,) = [r["metrics"] for r in run_benchmark(config)]
+    assert len(metrics["per_class_recall"]) == 3 and metrics["confusion_matrix"][0] == [0, 0, 0]
+    assert sum(map(sum, metrics["confusion_matrix"])) == 4
+    with pytest.raises(ValueError, match="knn_k"):
+        run_benchmark(BenchConfig(**{**config.__dict__, "knn_k": 0}))
+
+
+def test_unknown_peer_model_names_are_reported_with_how_to_list_them():
+    with pytest.raises(ValueError, match=r"timm:nosuch: timm has no model 'nosuch'.*timm\.list_models\(\)"):
+        load_adapter("timm:nosuch", "random")
+    with pytest.raises(ValueError, match=r"Did you mean vit_base_patch16_224"):
+        load_adapter("timm:vit_base_patch16_22", "random")
+    with pytest.raises(ValueError, match=r"open_clip has no model 'nosuch'.*open_clip\.list_models\(\)"):
+        load_adapter("open_clip:nosuch", "")
+    with pytest.raises(ValueError, match=r"no pretrained tag or file 'nosuchtag'.*list_pretrained_tags_by_model"):
+        load_adapter("open_clip:ViT-B-32", "nosuchtag")
+
+
+def test_an_unusable_output_path_stops_the_run_before_any_evaluation(tmp_path):
+    """Checked first: the dataset folder does not even exist, and no model is loaded."""
+    config = BenchConfig(models=[("musk_tiny_patch16_64", "random")], datasets=["folder"],
+                         dataset_root=str(tmp_path / "absent"), task="knn", output=str(tmp_path))  # fmt: skip
+    with pytest.raises(ValueError, match=r"--output .* is a folder; name a results file"):
+        run_benchmark(config)
+    (tmp_path / "notes.txt").write_text("not results\n")
+    with pytest.raises(ValueError, match=r"notes\.txt, line 1: not JSON"):
+        run_benchmark(BenchConfig(**{**config.__dict__, "output": str(tmp_path / "notes.txt")}))
+    with pytest.raises(ValueError, match=r"notes\.txt is a file, not a folder"):
+        run_benchmark(BenchConfig(**{**config.__dict__, "output": str(tmp_path / "notes.txt" / "r.json")}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -19,11 +20,33 @@ def trained(tmp_path_factory, tokenizer_file):
     root = tmp_path_factory.mktemp("cli")
     data = make_vqa_set(root / "data", {"train": 40, "validation": 10, "test": 10}, seed=7, fmt="csv")
     out = root / "run"
-    argv = ["vqa", "train", "--data", str(data), "--output_dir", str(out), "--model", "musk_tiny_patch16_64"]
-    argv += ["--weights", "none", "--tokenizer", str(tokenizer_file), "--epochs", "2", "--batch_size", "16"]
-    argv += ["--lr", "1e-3", "--layer_decay", "1.0", "--max_question_length", "32", "--device", "cpu"]
-    assert main(argv) == 0
+    assert main(train_argv(data, out, tokenizer_file)) == 0
     return data, out
+
+
+def train_argv(data, out, tokenizer_file, epochs: int = 2) -> list[str]:
+    argv = ["vqa", "train", "--data", str(data), "--output_dir", str(out), "--model", "musk_tiny_patch16_64"]
+    argv += ["--weights", "none", "--tokenizer", str(tokenizer_file), "--epochs", str(epochs), "--batch_size", "16"]
+    return [*argv, "--lr", "1e-3", "--layer_decay", "1.0", "--max_question_length", "32", "--device", "cpu"]
+
+
+def test_train_again_in_the_same_folder(trained, tmp_path, tokenizer_file, capsys):
+    """The same command after a finished run changes nothing; other settings are refused (exit 2, one line)
+    unless --overwrite replaces the run."""
+    data, out = trained
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    before = (run / "history.json").read_text()
+    capsys.readouterr()
+    assert main(train_argv(data, run, tokenizer_file)) == 0
+    assert json.loads(capsys.readouterr().out)["best_epoch"] == json.loads(before)["best_epoch"]
+    assert (run / "history.json").read_text() == before
+    assert main(train_argv(data, run, tokenizer_file, epochs=1)) == 2
+    error = capsys.readouterr().err
+    assert "already holds a VQA training run" in error and "--overwrite" in error and "Traceback" not in error
+    assert (run / "history.json").read_text() == before
+    assert main([*train_argv(data, run, tokenizer_file, epochs=1), "--overwrite"]) == 0
+    assert len(json.loads((run / "history.json").read_text())["history"]) == 1
 
 
 def test_train_then_eval_writes_predictions_and_metrics(trained, tmp_path, capsys):

@@ -116,7 +116,7 @@ def test_bad_input_is_reported_clearly(tmp_path):
         load_split(tmp_path, "train")
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     table.write_text(json.dumps({"image": "a.png", "question": "q?", "answer": ""}) + "\n")
-    with pytest.raises(ValueError, match="row 0: empty or missing answer"):
+    with pytest.raises(ValueError, match="line 1: empty or missing answer"):
         load_examples(table)
     with pytest.raises(FileNotFoundError, match="no 'test' split"):
         load_split(tmp_path, "test")
@@ -125,6 +125,31 @@ def test_bad_input_is_reported_clearly(tmp_path):
     (tmp_path / "train.txt").write_text("x")
     with pytest.raises(ValueError, match="unsupported"):
         load_examples(tmp_path / "train.txt")
+
+
+def test_file_line_numbers_byte_order_mark_numbers_and_non_objects(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    table = tmp_path / "train.jsonl"
+    good = json.dumps({"image": "a.png", "question": "how many nuclei?", "answer": 3})
+    for bad, message in (
+        ("5", r"train\.jsonl, line 4: expected a JSON object with image, question, answer; got 5"),
+        ("[1, 2]", r"line 4: expected a JSON object .*got \[1, 2\]"),
+        (json.dumps({"image": "a.png", "question": "q?", "answer": " "}), r"line 4: empty or missing answer"),
+        (json.dumps({"image": "a.png", "question": "q?", "answer": True}), r"line 4: the answer is the boolean True"),
+    ):
+        table.write_text(f"{good}\n\n\n{bad}\n")  # blank lines count: the bad row is on line 4
+        with pytest.raises(ValueError, match=message):
+            load_examples(table)
+    table.write_text(good + "\n" + json.dumps({"image": "a.png", "question": "size?", "answer": 2.5}) + "\n")
+    assert [e.answer for e in load_examples(table)] == ["3", "2.5"]
+
+    excel = tmp_path / "test.csv"  # Excel writes UTF-8 with a byte-order mark
+    excel.write_text("image,question,answer\na.png,is it red?,yes\n\na.png,q?,\n", encoding="utf-8-sig")
+    with pytest.raises(ValueError, match=r"test\.csv, line 4: empty or missing answer"):
+        load_examples(excel)
+    excel.write_text("image,question,answer\na.png,is it red?,yes\n", encoding="utf-8-sig")
+    (example,) = load_examples(excel)
+    assert example.image == str(tmp_path / "a.png") and example.answer == "yes"
 
 
 def test_metrics_closed_open_per_type_and_unknown_answers():

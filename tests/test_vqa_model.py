@@ -3,6 +3,9 @@ question padding changes nothing, layer-wise lr decay and the schedule."""
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +101,22 @@ def test_warmup_then_cosine():
     assert factors[110] == pytest.approx(0.0, abs=1e-12) and factors[119] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
     assert cosine_with_warmup(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_saved_model_files_have_ordinary_permissions(tmp_path, tokenizer_file, umask):
+    """Every file of a saved model, the weights too (safetensors writes its files 0o600), is 0o666 less the
+    umask, like any other output: a lab's group can read the model."""
+    from musk.vqa import AnswerVocab, load_vqa_model, save_vqa_model
+
+    vqa = MuskVQA(musk.create_model("musk_tiny_patch16_64"), num_answers=2)
+    vocab = AnswerVocab.build(["yes", "no"])
+    previous = os.umask(umask)
+    try:
+        out = save_vqa_model(vqa, vocab, tmp_path / "model", tokenizer=musk.get_tokenizer(tokenizer_file),
+                             max_question_length=16)  # fmt: skip
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == dict.fromkeys(["model.safetensors", "answers.json", "tokenizer.spm", "config.json"], 0o666 & ~umask)
+    assert load_vqa_model(out).vocab.answers == vocab.answers

@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 pytest.importorskip("accelerate", reason="training needs the [vqa] extra")
 
 from musk.vqa import VQATrainConfig, evaluate_vqa, load_split, load_vqa_model, train_vqa
+from musk.vqa import train as vqa_train
 from test_vqa_synthetic import make_vqa_set
 
 SPLITS = {"train": 250, "validation": 50}
@@ -78,7 +81,7 @@ def test_saved_best_model_reproduces_the_validation_accuracy(runs):
 
     saved = load_vqa_model(result.output_dir)  # a training folder resolves to its best model
     assert saved.vocab.answers == load_vqa_model(result.best_dir).vocab.answers
-    report = evaluate_vqa(saved, load_split(data, "validation"), batch_size=64)
+    report = evaluate_vqa(saved, load_split(data, "validation"), batch_size=84)
     assert report.metrics["overall"] == pytest.approx(result.best_accuracy)
 
 
@@ -90,6 +93,59 @@ def test_early_stopping_and_answer_filtering(tmp_path, tokenizer_file, caplog):
     # lr 0 never improves on the first epoch: patience 1 stops after the second
     result = train_vqa(tiny_config(data, tmp_path / "out", tokenizer_file, epochs=6, lr=0.0, patience=1))
     assert [h["epoch"] for h in result.history] == [1, 2] and result.best_epoch == 1
+
+
+class Killed(Exception):
+    """Stands for the job being killed."""
+
+
+def test_restart_resumes_the_same_run_and_refuses_another(tmp_path, tokenizer_file, monkeypatch):
+    """A run killed in epoch 2 continues after epoch 1 as if never stopped; a finished run is left as it is; a
+    run with other settings never replaces it unless asked to."""
+    data = make_vqa_set(tmp_path / "data", {"train": 6, "validation": 2}, seed=3)  # 24 and 8 questions
+    full = train_vqa(tiny_config(data, tmp_path / "full", tokenizer_file, epochs=3, batch_size=8))
+    validated, kill_at = [], [2]
+    real_validate = vqa_train._validate
+
+    def validate(*args):
+        validated.append(1)
+        if len(validated) in kill_at:
+            raise Killed  # in epoch 2, after the epoch-1 checkpoint
+        return real_validate(*args)
+
+    monkeypatch.setattr(vqa_train, "_validate", validate)
+    out = tmp_path / "out"
+    config = tiny_config(data, out, tokenizer_file, epochs=3, batch_size=8)
+    with pytest.raises(Killed):
+        train_vqa(config)
+    first = json.loads((out / "history.json").read_text())["history"]
+    assert [h["epoch"] for h in first] == [1]
+
+    validated.clear()
+    kill_at.clear()
+    resumed = train_vqa(config)
+    assert len(validated) == 2  # epochs 2 and 3 only
+    assert resumed.history[0] == first[0]
+    for got, want in zip(resumed.history, full.history, strict=True):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+        assert got["validation"]["overall"] == want["validation"]["overall"]
+    assert resumed.best_epoch == full.best_epoch
+    ours, reference = load_file(out / "last" / "model.safetensors"), load_file(tmp_path / "full/last/model.safetensors")
+    assert all(torch.allclose(ours[k], reference[k], atol=1e-6) for k in reference)
+    assert not (out / "checkpoints").exists()
+    history = json.loads((out / "history.json").read_text())
+    assert history["finished"] and len(history["history"]) == 3
+
+    validated.clear()
+    best_written = (out / "best" / "model.safetensors").stat().st_mtime_ns
+    again = train_vqa(config)  # finished: nothing to do
+    assert not validated and again.best_epoch == resumed.best_epoch and again.history == resumed.history
+    with pytest.raises(ValueError, match="already holds a VQA training run.*--overwrite"):
+        train_vqa(tiny_config(data, out, tokenizer_file, epochs=2, batch_size=8))
+    assert (out / "best" / "model.safetensors").stat().st_mtime_ns == best_written
+    assert json.loads((out / "history.json").read_text()) == history
+    replaced = train_vqa(tiny_config(data, out, tokenizer_file, epochs=2, batch_size=8, overwrite=True))
+    assert len(replaced.history) == 2 and len(json.loads((out / "history.json").read_text())["history"]) == 2
 
 
 def test_two_processes_under_accelerate_launch(tmp_path, tokenizer_file):

@@ -15,6 +15,7 @@ The optional libraries (open_clip, transformers) are imported only when such a m
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import os
@@ -143,6 +144,13 @@ class OpenClipAdapter(ModelAdapter):
         import open_clip
 
         arch = name.split(":", 1)[1]
+        if not arch.startswith(("hf-hub:", "local-dir:")):
+            _check_name(name, arch, open_clip.list_models(), "open_clip.list_models()", "open_clip")
+            if pretrained and not Path(pretrained).exists():
+                tag = pretrained.lower().replace("-", "_")  # how open_clip normalises tags
+                tags = open_clip.list_pretrained_tags_by_model(arch)
+                listing = f"open_clip.list_pretrained_tags_by_model({arch!r})"
+                _check_name(f"{name},{pretrained}", tag, tags, listing, "open_clip", "pretrained tag or file")
         model, _, preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=pretrained or None, device=device, cache_dir=cache_dir
         )
@@ -210,6 +218,8 @@ class TimmAdapter(ModelAdapter):
         import timm
 
         arch = name.split(":", 1)[1]
+        if ":" not in arch:  # hub names (hf-hub:owner/repo) are resolved by timm itself
+            _check_name(name, arch, timm.list_models(), "timm.list_models()", "timm")
         use_timm_weights = pretrained == "timm"
         self._file = Path(pretrained) if pretrained not in ("", "random", "none", "timm") else None
         module = timm.create_model(arch, pretrained=use_timm_weights, num_classes=0, cache_dir=cache_dir)
@@ -236,6 +246,18 @@ class TimmAdapter(ModelAdapter):
     @torch.inference_mode()
     def encode_images(self, images, kind, ms_aug=False):
         return F.normalize(self.module(images.to(self.device, self.dtype)).float(), dim=-1)
+
+
+def _check_name(entry: str, value: str, known: Sequence[str], listing: str, library: str, what: str = "model") -> None:
+    """A ValueError for a model or weights name ``library`` does not know, with close names and how to list them."""
+    if value in known:
+        return
+    close = difflib.get_close_matches(value, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"{entry}: {library} has no {what} {value!r}.{hint} List the available names with "
+        f'python -c "import {library}; print({listing})"'
+    )
 
 
 def load_adapter(

@@ -14,7 +14,7 @@ from .data import BenchData
 from .datasets import default_task, load_dataset
 from .features import FeatureStore
 from .models import ModelAdapter, load_adapter
-from .results import has_record, write_record
+from .results import has_record, read_records, write_record
 from .tasks import (
     SUPERVISED_TASKS,
     TASKS,
@@ -91,6 +91,30 @@ def _runs(task: str, config: BenchConfig) -> list[tuple[int | None, int]]:
     return [(None, config.seeds[0])]
 
 
+def _task(dataset: str, config: BenchConfig) -> str:
+    return default_task(dataset) if config.task == "auto" else config.task
+
+
+def _output_paths(config: BenchConfig):
+    for name, pretrained in config.models:
+        for dataset in config.datasets:
+            task = _task(dataset, config)
+            for k, seed in _runs(task, config):
+                yield output_path(config.output, name, pretrained, dataset, task, k, seed)
+
+
+def check_output(path: Path) -> None:
+    """Fail before any evaluation when results could not be added to ``path`` (a folder, a path under a file,
+    an existing file that is not a results file)."""
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a folder; name a results file, e.g. {path / 'results.json'}")
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--output {path} cannot be created: {existing} is a file, not a folder")
+    if path.is_file():
+        read_records(path)  # names the bad line of a file that is not JSON Lines
+
+
 def _evaluate(task, adapter, data, train, store, config, k, seed) -> dict:
     if task == "zeroshot_classification":
         return zeroshot_classification.evaluate(adapter, data, store)
@@ -121,12 +145,15 @@ def run_benchmark(config: BenchConfig) -> list[dict]:
     unknown = [t for t in [config.task] if t != "auto" and t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task {unknown[0]!r}; use auto or one of {sorted(TASKS)}")
+    knn.check_k(config.knn_k)
+    for path in dict.fromkeys(_output_paths(config)):
+        check_output(path)
     store = FeatureStore(config.feature_root, config.batch_size, config.num_workers, config.progress)
     written = []
     for name, pretrained in config.models:
         adapter: ModelAdapter | None = None
         for dataset in config.datasets:
-            task = default_task(dataset) if config.task == "auto" else config.task
+            task = _task(dataset, config)
             pending = []
             for k, seed in _runs(task, config):
                 path = output_path(config.output, name, pretrained, dataset, task, k, seed)

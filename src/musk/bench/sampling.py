@@ -5,6 +5,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .data import BenchData
+
+
+def check_training_classes(train: BenchData, test: BenchData) -> None:
+    """What a probe trained on ``train`` and scored on ``test`` needs: one class list for both splits (the
+    same label, the same class) and at least one training example of every class."""
+    if train.classes != test.classes:
+        raise ValueError(
+            f"{test.name}: the train split has the classes {train.classes}, the test split {test.classes}; "
+            f"both splits need the same class list"
+        )
+    absent = [c for i, c in enumerate(train.classes) if not np.any(train.labels == i)]
+    if absent:
+        raise ValueError(
+            f"{train.name}: the train split has no images of the class(es) {absent}; a linear probe or kNN needs "
+            f"training examples of every class (add them, or remove the class from the dataset)"
+        )
+
 
 def fewshot_indices(labels: np.ndarray, k: int, seed: int, classes: list[str] | None = None) -> np.ndarray:
     """Indices of ``k`` examples per class (all examples when ``k`` is -1), in draw order.

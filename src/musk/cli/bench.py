@@ -15,7 +15,7 @@ from ..bench.datasets import DATASETS
 from ..bench.models import parse_models
 from ..bench.runner import BenchConfig, run_benchmark
 from ..bench.tasks import TASKS
-from .common import DTYPES, resolve_device, show_progress
+from .common import DTYPES, positive_int, resolve_device, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def add_eval_parser(commands) -> None:
         help="linear probe weight decay; several values: chosen on a 20%% validation hold-out",
     )
     p.add_argument("--batch_size_eval", type=int, default=256, help="linear probe batch size (default: 256)")
-    p.add_argument("--knn_k", type=int, default=20, help="neighbours of the knn probe (default: 20)")
+    p.add_argument("--knn_k", type=positive_int, default=20, help="neighbours of the knn probe (default: 20)")
     p.add_argument("--ms_aug", action="store_true", help="multi-scale MUSK features for linear_probe and knn")
     p.add_argument(
         "--output",

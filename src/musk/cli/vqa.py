@@ -36,7 +36,12 @@ def _add_train(commands) -> None:
     d = VQATrainConfig()
     p = commands.add_parser("train", help="fine-tune on a VQA dataset", description="Fine-tune MUSK for VQA.")
     p.add_argument("--data", "--dataset_root", dest="data", required=True, help="PathVQA parquet folder, or JSONL/CSV")
-    p.add_argument("--output_dir", "-o", required=True, help="where best/, last/ and history.json go")
+    p.add_argument(
+        "--output_dir", "-o", required=True, help="where best/, last/ and history.json go; a restart resumes there"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace another (or a finished) training run in --output_dir"
+    )
     add_model_args(p, weights_help="MUSK weights to start from: hub id, local file or folder, or 'none'")
     p.add_argument("--tokenizer", default=None, help="tokenizer.spm path (default: from the hub)")
     p.add_argument("--train_split", default=d.train_split, help="default: %(default)s")

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
+import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..images import ImageLoadError, load_image, to_rgb
-from ..jsonl import parse_json_lines
 from ..tokenizer import MuskTokenizer
 from .answers import AnswerVocab, question_type
 
@@ -79,21 +82,48 @@ def find_split(source: str | os.PathLike, split: str) -> list[Path]:
     )
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: Path) -> list[tuple[str, dict]]:
+    """The rows of a table, each with where it is: ``<file>, line <n>`` (JSONL, CSV) or ``<file>, row <n>``."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
             import pandas as pd
         except ImportError as e:
             raise ImportError("reading parquet needs pandas and pyarrow: pip install 'musk-pathology[vqa]'") from e
-        return pd.read_parquet(path).to_dict("records")
+        return [(f"{path}, row {n}", row) for n, row in enumerate(pd.read_parquet(path).to_dict("records"))]
     if suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            return parse_json_lines(f, path)
+        rows = []
+        with open(path, encoding="utf-8-sig") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}, line {number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not JSON ({e})") from e
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"{where}: expected a JSON object with {', '.join(REQUIRED_COLUMNS)}; got {line.strip()[:80]}"
+                    )
+                rows.append((where, row))
+        return rows
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark is not a column name
+            reader = csv.DictReader(f)
+            return [(f"{path}, line {reader.line_num}", row) for row in reader]
     raise ValueError(f"{path}: unsupported VQA table format {suffix!r}; use one of {TABLE_SUFFIXES}")
+
+
+def _text(value, name: str, where: str) -> str:
+    """A question or answer as text: numbers in their usual form (3, 2.5); empty, missing or boolean is an error."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f'{where}: the {name} is the boolean {value}; write it as text (e.g. "yes" or "no")')
+    if isinstance(value, numbers.Real) and not math.isnan(value):
+        value = str(int(value)) if float(value).is_integer() else str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: empty or missing {name} ({value!r})")
+    return value
 
 
 def _image_field(value, root: Path, where: str) -> str | bytes:
@@ -116,19 +146,15 @@ def load_examples(path: str | os.PathLike) -> list[VQAExample]:
     rows = _read_rows(path)
     if not rows:
         raise ValueError(f"{path} holds no examples")
-    columns = set().union(*(r.keys() for r in rows))
+    columns = set().union(*(r.keys() for _, r in rows))
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ValueError(
             f"{path} lacks the column(s) {missing}; it has {sorted(columns)}, needs {list(REQUIRED_COLUMNS)}"
         )
     examples = []
-    for n, row in enumerate(rows):
-        where = f"{path}, row {n}"
-        question, answer = row.get("question"), row.get("answer")
-        for name, value in (("question", question), ("answer", answer)):
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{where}: empty or missing {name} ({value!r})")
+    for n, (where, row) in enumerate(rows):
+        question, answer = _text(row.get("question"), "question", where), _text(row.get("answer"), "answer", where)
         qtype = row.get("question_type")
         qtype = qtype.strip() if isinstance(qtype, str) and qtype.strip() else question_type(question, answer)
         ident = row.get("id")

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ def save_vqa_model(
         vocab.save(tmp / VOCAB_FILENAME)
         shutil.copyfile(tokenizer.model_file, tmp / TOKENIZER_FILENAME)
         (tmp / CONFIG_FILENAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
+        # safetensors creates its file private (0o600): give it the mode of the other, ordinarily created files
+        os.chmod(tmp / WEIGHTS_FILENAME, stat.S_IMODE((tmp / CONFIG_FILENAME).stat().st_mode))
         if provenance is not None:
             (tmp / PROVENANCE_FILENAME).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     logger.info("saved the VQA model (%d answers) to %s", len(vocab), directory)

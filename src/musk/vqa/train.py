@@ -1,7 +1,8 @@
 """Fine-tuning MUSK for VQA through accelerate: one process, several GPUs or several CPU processes alike.
 
 Run in one process by calling :func:`train_vqa`, or under ``accelerate launch`` (``musk vqa train`` is the
-same function), which spreads the batches over the processes and averages the gradients.
+same function), which spreads the batches over the processes and averages the gradients. A run started again
+in its output folder resumes after its newest finished epoch (see :mod:`musk.vqa.runs`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +27,7 @@ from ..models import create_model
 from ..models.factory import DEFAULT_MODEL
 from ..models.loading import resolve_weights
 from ..outputs import provenance, write_json
+from ..pretrain.checkpoint import load_checkpoint, save_checkpoint
 from ..tokenizer import get_tokenizer
 from ..transforms import get_transform
 from .answers import AnswerVocab
@@ -32,6 +35,7 @@ from .data import VQACollator, VQADataset, VQAExample, load_split
 from .evaluate import compute_metrics
 from .model import MuskVQA
 from .optim import build_optimizer, cosine_with_warmup
+from .runs import CHECKPOINTS, HISTORY_FILENAME, PreviousRun, clear_run, find_previous_run, run_key
 from .saved import save_vqa_model
 
 __all__ = ["LOSSES", "PRECISIONS", "VQATrainConfig", "VQATrainResult", "train_vqa"]
@@ -51,6 +55,8 @@ class VQATrainConfig:
     ``precision``: ``auto`` = bf16 mixed precision on a GPU that has it, fp16 on other GPUs, fp32 on CPU.
     ``loss``: ``ce`` (softmax cross-entropy) or ``bce`` (BEiT-3's soft-score binary cross-entropy).
     ``patience``: stop after this many evaluations without a better validation accuracy (0: never stop early).
+    ``overwrite``: replace a different (or finished) run in ``output_dir`` instead of refusing to start; the
+    same run, unfinished, is always resumed.
     """
 
     data: str | None = None
@@ -82,6 +88,7 @@ class VQATrainConfig:
     num_workers: int = 0
     seed: int = 0
     progress: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -179,6 +186,20 @@ def train_vqa(
     train_examples = _known_answers(train_examples, vocab)
     logger.info("answer vocabulary: %d answers (min count %d)", len(vocab), config.min_answer_count)
 
+    output_dir = Path(config.output_dir)
+    best_dir, last_dir = output_dir / "best", output_dir / "last"
+    key = run_key(config, train_examples, val_examples)
+    previous = find_previous_run(output_dir, key, config.overwrite)
+    if previous is not None and previous.checkpoint is None:
+        done = previous.record
+        logger.info("%s already holds this finished run (best epoch %d): nothing to do", output_dir, done["best_epoch"])
+        return VQATrainResult(
+            output_dir, best_dir, done["best_epoch"], done.get("best_accuracy"), len(vocab), done["history"]
+        )
+    if previous is None and config.overwrite and main:
+        clear_run(output_dir)
+    accelerator.wait_for_everyone()
+
     tokenizer = get_tokenizer(config.tokenizer, cache_dir=config.cache_dir)
     backbone = create_model(config.model, pretrained=config.weights or None, cache_dir=config.cache_dir)
     if config.grad_checkpointing:
@@ -208,19 +229,20 @@ def train_vqa(
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
-    total_steps = config.epochs * math.ceil(len(train_loader) / config.grad_accum)
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
         lambda step: cosine_with_warmup(step, warmup_steps, total_steps, config.min_lr_ratio),
     )
+    accelerator.register_for_checkpointing(scheduler)
 
-    output_dir = Path(config.output_dir)
-    best_dir, last_dir = output_dir / "best", output_dir / "last"
     weights_path = None if not config.weights else resolve_weights(config.weights, config.cache_dir)
     record = provenance(asdict(config), weights_path)
     record["processes"] = accelerator.num_processes
     record["mixed_precision"] = accelerator.mixed_precision
+    record["run_key"] = key
 
     def save(directory: Path, epoch: int, metrics: dict | None) -> None:
         if main:
@@ -235,18 +257,25 @@ def train_vqa(
             )
         accelerator.wait_for_everyone()
 
+    state = _resume(accelerator, previous, output_dir)
+    history, best_accuracy, best_epoch, stale = (state[k] for k in ("history", "best_accuracy", "best_epoch", "stale"))
+    if main:  # names the run in the folder before anything else is written
+        _write_history(output_dir, key, state, finished=False)
     logger.info(
-        "training on %d questions for %d epochs: %d optimizer steps (%d warm-up), %d process(es), precision %s",
+        "training on %d questions for epochs %d..%d: %d optimizer steps (%d warm-up), %d process(es), precision %s",
         len(train_examples),
+        len(history) + 1,
         config.epochs,
         total_steps,
         warmup_steps,
         accelerator.num_processes,
         accelerator.mixed_precision,
     )
-    history: list[dict] = []
-    best_accuracy, best_epoch, stale = None, 0, 0
-    for epoch in range(1, config.epochs + 1):
+    stopped = bool(config.patience and stale >= config.patience)
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        if stopped:
+            break
+        generator.manual_seed(config.seed + epoch - 1)  # each epoch's order depends on the epoch alone (resume)
         start, losses = time.perf_counter(), []
         bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not (config.progress and main))
         for batch in bar:
@@ -283,15 +312,38 @@ def train_vqa(
             save(best_dir, epoch, metrics)
         else:
             stale += 1
+        state = {"history": history, "best_accuracy": best_accuracy, "best_epoch": best_epoch, "stale": stale}
+        save_checkpoint(accelerator, output_dir / CHECKPOINTS, epoch * steps_per_epoch, state, keep=1)
         if main:
-            write_json(output_dir / "history.json", {"history": history, "best_epoch": best_epoch})
-        if config.patience and stale >= config.patience:
+            _write_history(output_dir, key, state, finished=False)
+        stopped = bool(config.patience and stale >= config.patience)
+        if stopped:
             logger.info("no better validation accuracy for %d epochs: stopping after epoch %d", stale, epoch)
-            break
     save(last_dir, history[-1]["epoch"], history[-1].get("validation"))
+    if main:
+        _write_history(output_dir, key, state, finished=True)
+        shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)  # the run is complete in best/ and last/
+    accelerator.wait_for_everyone()
     logger.info("best epoch %d (validation accuracy %s); model in %s", best_epoch, best_accuracy, best_dir)
     accelerator.end_training()
     return VQATrainResult(output_dir, best_dir, best_epoch, best_accuracy, len(vocab), history)
+
+
+def _resume(accelerator, previous: PreviousRun | None, output_dir: Path) -> dict:
+    """The trainer state to continue from: the previous run's checkpoint (restored into the accelerator's
+    model, optimizer, scheduler and random states), else a fresh one."""
+    if previous is None:
+        return {"history": [], "best_accuracy": None, "best_epoch": 0, "stale": 0}
+    state = load_checkpoint(accelerator, previous.checkpoint)
+    logger.info("resuming the run in %s after epoch %d", output_dir, len(state["history"]))
+    return {k: state[k] for k in ("history", "best_accuracy", "best_epoch", "stale")}
+
+
+def _write_history(output_dir: Path, key: str, state: dict, finished: bool) -> None:
+    write_json(
+        output_dir / HISTORY_FILENAME,
+        {"run_key": key, "finished": finished, **{k: state[k] for k in ("history", "best_epoch", "best_accuracy")}},
+    )
 
 
 def read_history(output_dir: str | os.PathLike) -> dict:

@@ -1,7 +1,8 @@
 """Loaders for anything else: an image folder per class (``folder``) and a CSV table (``csv``).
 
 ``folder``: ``<root>/<train|test>/<class>/*.png`` (or ``<root>/<class>/*`` for test-only use, e.g. zero-shot).
-Classes are the folder names, in sorted order.
+Classes are the class folder names of all splits together, in sorted order, so a label means the same class in
+every split; a split may lack a class (it has no images of it).
 
 ``csv``: ``<root>`` is a CSV file, or a folder with ``<split>.csv`` or ``data.csv``. Columns: the image path
 (``path``, ``image``, ``image_path``, ``filepath`` or ``file``; relative to the CSV's folder) and ``label``
@@ -21,17 +22,27 @@ from .layout import class_folders, require
 PATH_COLUMNS = ("path", "image", "image_path", "filepath", "file")
 
 
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def load_folder(name: str, root: Path, split: str) -> BenchData:
-    base = root / split if (root / split).is_dir() else None
-    if base is None:
-        has_splits = any((root / s).is_dir() for s in ("train", "test", "val"))
-        if split != "test" or has_splits:
-            raise DatasetLayoutError(f"{name}: expected the folder {str(root / split)!r} with one subfolder per class")
+    splits = [root / s for s in SPLIT_FOLDERS if (root / s).is_dir()]
+    if (root / split).is_dir():
+        base = root / split
+    elif split == "test" and not splits:
         base = require(root, name, "folder")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    else:
+        raise DatasetLayoutError(f"{name}: expected the folder {str(root / split)!r} with one subfolder per class")
+    present = _subfolders(base)
+    if not present:
         raise DatasetLayoutError(f"{name}: {base} has no class subfolders (expected {base}/<class>/<image files>)")
-    paths, labels = class_folders(base, name, classes)
+    classes = sorted(set(present).union(*(_subfolders(folder) for folder in splits)))
+    paths, positions = class_folders(base, name, present)
+    labels = [classes.index(present[i]) for i in positions]
     return BenchData(name, split, FileImages(paths, root), labels=labels, classes=classes)
 
 
@@ -44,12 +55,24 @@ def _csv_file(name: str, root: Path, split: str) -> Path:
     raise DatasetLayoutError(f"{name}: expected a CSV file, {root / f'{split}.csv'} or {root / 'data.csv'}")
 
 
+def _check_filled(name: str, path: Path, table, columns: list[str]) -> None:
+    """Every row has a value in each of ``columns``; else an error naming the CSV lines (header = line 1)."""
+    for column in columns:
+        empty = table[column].isna() | (table[column].astype(str).str.strip() == "")
+        if empty.any():
+            lines = [int(i) + 2 for i in table.index[empty.to_numpy()]]
+            shown = ", ".join(map(str, lines[:10])) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+            raise DatasetLayoutError(
+                f"{name}: {path} has no {column!r} on line(s) {shown}; fill them in or remove those rows"
+            )
+
+
 def load_csv(name: str, root: Path, split: str) -> BenchData:
     import pandas as pd
 
     path = _csv_file(name, require(root, name, "CSV file or folder"), split)
-    try:
-        table = pd.read_csv(path)
+    try:  # only an empty field is missing: a class may be called "NA" or "None"
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""], skip_blank_lines=False).dropna(how="all")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DatasetLayoutError(f"{name}: cannot parse {path}: {exc}") from exc
     path_column = next((c for c in PATH_COLUMNS if c in table.columns), None)
@@ -58,6 +81,7 @@ def load_csv(name: str, root: Path, split: str) -> BenchData:
             f"{name}: {path} needs an image column ({' or '.join(PATH_COLUMNS)}) and a 'label' or 'caption' "
             f"column; it has {list(table.columns)}"
         )
+    _check_filled(name, path, table, [path_column, "caption" if "caption" in table.columns else "label"])
     all_rows = table
     if "split" in table.columns:
         table = table[table["split"].astype(str) == split]

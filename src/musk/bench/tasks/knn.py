@@ -8,12 +8,20 @@ from ..data import BenchData
 from ..features import FeatureStore
 from ..metrics import classification_metrics, majority_vote, stable_descending
 from ..models import ModelAdapter
-from ..sampling import fewshot_indices
+from ..sampling import check_training_classes, fewshot_indices
+
+
+def check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(
+            f"the kNN probe needs at least one neighbour: k (--knn_k) must be a positive integer, got {k!r}"
+        )
 
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int, num_classes: int) -> np.ndarray:
     """Majority label of the ``k`` most cosine-similar training examples (all of them when ``k`` is larger);
     of equally similar neighbours the earlier one counts, a tied vote goes to the lowest label."""
+    check_k(k)
 
     def unit(x):
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -33,6 +41,8 @@ def evaluate(
     seed: int = 0,
     ms_aug: bool = False,
 ) -> dict:
+    check_k(k)
+    check_training_classes(train, test)
     num_classes = len(test.classes)
     chosen = fewshot_indices(train.labels, fewshot_k, seed, train.classes)
     train_x = store.image_features(adapter, train, "probe", ms_aug)[chosen]

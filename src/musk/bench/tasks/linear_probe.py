@@ -21,7 +21,7 @@ from ..data import BenchData
 from ..features import FeatureStore
 from ..metrics import auroc, classification_metrics
 from ..models import ModelAdapter
-from ..sampling import fewshot_indices, holdout_split
+from ..sampling import check_training_classes, fewshot_indices, holdout_split
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def evaluate(
     device: str | torch.device = "cpu",
 ) -> dict:
     """Classification metrics plus ``auroc`` and the ``weight_decay`` used, on the test split."""
+    check_training_classes(train, test)
     num_classes = len(test.classes)
     chosen = fewshot_indices(train.labels, fewshot_k, seed, train.classes)
     x_train = store.image_features(adapter, train, "probe", ms_aug)[chosen]
