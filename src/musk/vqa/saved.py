@@ -17,7 +17,6 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..models import MUSK, CheckpointMismatchError, MuskConfig
+from ..outputs import write_safetensors
 from ..tokenizer import MuskTokenizer, get_tokenizer
 from ..transforms import get_transform
 from .answers import VOCAB_FILENAME, AnswerVocab
@@ -103,12 +103,10 @@ def save_vqa_model(
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILENAME), metadata={"format": FORMAT})
+        write_safetensors(state, tmp / WEIGHTS_FILENAME, metadata={"format": FORMAT})
         vocab.save(tmp / VOCAB_FILENAME)
         shutil.copyfile(tokenizer.model_file, tmp / TOKENIZER_FILENAME)
         (tmp / CONFIG_FILENAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
-        # safetensors creates its file private (0o600): give it the mode of the other, ordinarily created files
-        os.chmod(tmp / WEIGHTS_FILENAME, stat.S_IMODE((tmp / CONFIG_FILENAME).stat().st_mode))
         if provenance is not None:
             (tmp / PROVENANCE_FILENAME).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     logger.info("saved the VQA model (%d answers) to %s", len(vocab), directory)
