@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 import musk
-from musk.outputs import atomic_path, file_sha256, provenance, write_json, write_safetensors
+from musk.outputs import atomic_dir, atomic_path, file_sha256, provenance, write_json, write_safetensors
 from weights_file import save_weights
 
 
@@ -89,6 +89,22 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path, umask, mode):
     with safe_open(tmp_path / "w.safetensors", "pt") as f:
         assert f.metadata() == {"format": "pt"}
         assert all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())
+
+
+def test_atomic_dir_replaces_the_folder_whole_and_only_on_success(tmp_path):
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+        (tmp / "b.txt").write_text("first")
+        assert not target.exists()
+    with pytest.raises(RuntimeError, match="killed"), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a.txt": "first", "b.txt": "first"}
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("second")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a.txt": "second"}  # b.txt went with the old one
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no partial or old folder left
 
 
 def test_write_json_round_trips_and_overwrites(tmp_path):

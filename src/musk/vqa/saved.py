@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +25,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ..models import MUSK, CheckpointMismatchError, MuskConfig
-from ..outputs import write_safetensors
+from ..outputs import atomic_dir, write_safetensors
 from ..tokenizer import MuskTokenizer, get_tokenizer
 from ..transforms import get_transform
 from .answers import VOCAB_FILENAME, AnswerVocab
 from .model import MuskVQA
 
-__all__ = ["SavedVQA", "atomic_dir", "load_vqa_model", "save_vqa_model"]
+__all__ = ["SavedVQA", "load_vqa_model", "save_vqa_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,26 +53,6 @@ class SavedVQA:
     transform: Callable[[Image.Image], torch.Tensor]
     max_question_length: int
     config: dict
-
-
-@contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """A new empty folder beside ``path`` that replaces ``path`` (whole) when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    tmp.mkdir(mode=0o777)
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_vqa_model(
