@@ -534,9 +534,14 @@ def test_info_asks_the_hub_when_online(hub_cache, monkeypatch, capsys):
     assert info_lines(capsys)["weights hf_hub:xiangjx/musk"] == "not in the cache; downloadable from the hub"
 
 
-def test_info_about_local_weights(hub_cache, weights, tmp_path, capsys):
+def test_info_about_local_weights(hub_cache, weights, model, tmp_path, capsys):
+    tensors = len(model.state_dict())
     assert run("info", "--weights", weights) == 0
-    assert info_lines(capsys)[f"weights {weights}"] == f"local file {weights}"
+    assert info_lines(capsys)[f"weights {weights}"] == f"local file {weights} ({tensors} tensors)"
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    assert run("info", "--weights", garbage) == 0
+    assert info_lines(capsys)[f"weights {garbage}"].startswith(f"not usable: {garbage} is not a readable safetensors")
     missing = tmp_path / "missing.safetensors"
     assert run("info", "--weights", missing) == 0
     status = info_lines(capsys)[f"weights {missing}"]
@@ -547,7 +552,7 @@ def test_info_about_local_weights(hub_cache, weights, tmp_path, capsys):
     assert info_lines(capsys)[f"weights {folder}"].startswith(f"not usable: no weights file in directory {folder}")
     shutil.copy(weights, folder / "model.safetensors")
     assert run("info", "--weights", folder) == 0
-    assert info_lines(capsys)[f"weights {folder}"] == f"local file {folder / 'model.safetensors'}"
+    assert info_lines(capsys)[f"weights {folder}"] == f"local file {folder / 'model.safetensors'} ({tensors} tensors)"
 
 
 # ---- real processes -----------------------------------------------------------------------------------

@@ -38,9 +38,10 @@ def weights_status(source: str, offline: bool, cache_dir: str | None = None) -> 
     repo_id = parse_hub_id(source)
     if repo_id is None:
         try:
-            return f"local file {resolve_weights(source)}"
+            path = resolve_weights(source)
         except WeightsUnavailableError as e:
             return f"not usable: {e}"
+        return f"local file {path}" if path.suffix != ".safetensors" else _safetensors_status(path)
     cached = try_to_load_from_cache(repo_id, WEIGHTS_FILE, cache_dir=cache_dir)
     if isinstance(cached, str):
         return f"in the cache: {cached}"
@@ -51,6 +52,17 @@ def weights_status(source: str, offline: bool, cache_dir: str | None = None) -> 
     except Exception as e:  # noqa: BLE001 - any failure here is the answer to report
         return f"not in the cache and not reachable: {type(e).__name__}: {str(e).splitlines()[0]}"
     return "not in the cache; downloadable from the hub"
+
+
+def _safetensors_status(path) -> str:
+    """A safetensors file's tensor count from its header (cheap to read), or why it cannot be read."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f"local file {path} ({len(f.keys())} tensors)"
+    except (SafetensorError, OSError) as e:
+        return f"not usable: {path} is not a readable safetensors file ({e})"
 
 
 def run(args: argparse.Namespace) -> int:
