@@ -112,7 +112,8 @@ def _load_one(directory: Path, device: torch.device | str) -> SavedMIL:
     return SavedMIL(model.to(device).eval(), config, directory)
 
 
-def _fold_index(path: Path) -> int | None:
+def fold_index(path: Path) -> int | None:
+    """``k`` of a ``fold_<k>`` folder, else None."""
     prefix, _, index = path.name.partition("_")
     return int(index) if prefix == "fold" and index.isdigit() else None
 
@@ -129,7 +130,7 @@ def _check_one_run(models: list[SavedMIL]) -> None:
                 f"train again into a new output folder, or point at one fold_<k> folder"
             )
     n_folds = first.config.get("n_folds")
-    found = sorted(_fold_index(m.path) for m in models)
+    found = sorted(fold_index(m.path) for m in models)
     if n_folds is not None and found != list(range(n_folds)):
         logger.warning(
             "%s holds folds %s of a %d-fold run: the run is unfinished; predicting with these folds only",
@@ -153,9 +154,9 @@ def load_mil_models(directory: str | os.PathLike, device: torch.device | str = "
         (
             p
             for p in directory.glob("fold_*")
-            if _fold_index(p) is not None and (p / WEIGHTS_FILENAME).is_file() and (p / CONFIG_FILENAME).is_file()
+            if fold_index(p) is not None and (p / WEIGHTS_FILENAME).is_file() and (p / CONFIG_FILENAME).is_file()
         ),
-        key=_fold_index,
+        key=fold_index,
     )
     if not folds:
         raise FileNotFoundError(

@@ -38,15 +38,21 @@ from .manifest import TASKS, Cohort
 from .metrics import CLASSIFICATION_METRICS, SURVIVAL_METRICS, classification_metrics, summarize, survival_metrics
 from .models import AGGREGATORS, FUSIONS, MILModel
 from .reports import save_report_embeddings
-from .saved import load_mil_models, save_mil_model
+from .saved import fold_index, load_mil_models, save_mil_model
 from .splits import case_folds, validation_split
 
 __all__ = ["MILTrainConfig", "MILTrainResult", "prediction_rows", "train_mil", "write_predictions_csv"]
 
 logger = logging.getLogger(__name__)
 
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
-_TYPE_NAMES["list[str]"] = "a list of names"
+#: The field types a config may declare: the Python type and how an error names it.
+_TYPES = {
+    "int": (int, "an integer"),
+    "float": (float, "a number"),
+    "str": (str, "a string"),
+    "bool": (bool, "true or false"),
+    "list[str]": (list, "a list of names"),
+}
 _RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags")
 
 
@@ -124,10 +130,10 @@ class MILTrainConfig:
                 value = float(value)
             elif kind == "list[str]" and isinstance(value, (list, tuple)):
                 value = [str(v) for v in value]
-            expected = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list}[kind]
+            expected, described = _TYPES[kind]
             if not isinstance(value, expected) or (kind == "int" and isinstance(value, bool)):
                 raise ValueError(
-                    f"{f.name} must be {_TYPE_NAMES[kind]}, got {value!r} "
+                    f"{f.name} must be {described}, got {value!r} "
                     f"({type(value).__name__}); in a YAML config write e.g. 'folds: 5' (no quotes around numbers)"
                 )
             setattr(self, f.name, value)
@@ -249,8 +255,8 @@ def _reuse_fold(fold_dir: Path, run_key: str, test_ids: list[str]) -> dict | Non
 def _remove_other_folds(output_dir: Path, folds: int) -> None:
     """Delete ``fold_<k>`` folders of an earlier run with more folds, so they are never taken for this run's."""
     for path in sorted(output_dir.glob("fold_*")):
-        index = path.name.removeprefix("fold_")
-        if path.is_dir() and index.isdigit() and int(index) >= folds:
+        index = fold_index(path)
+        if path.is_dir() and index is not None and index >= folds:
             logger.warning("removing %s: left by an earlier run with more folds", path)
             shutil.rmtree(path)
 

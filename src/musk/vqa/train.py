@@ -348,4 +348,4 @@ def _write_history(output_dir: Path, key: str, state: dict, finished: bool) -> N
 
 def read_history(output_dir: str | os.PathLike) -> dict:
     """The ``history.json`` a training run wrote."""
-    return json.loads((Path(output_dir) / "history.json").read_text())
+    return json.loads((Path(output_dir) / HISTORY_FILENAME).read_text())
