@@ -54,6 +54,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_file_target(path: str | os.PathLike, label: str, what: str = "file") -> None:
+    """``ValueError`` (saying ``label path``) unless a file can be written at ``path``: it is not a folder, and no
+    file stands where one of its folders would be. Run before the work whose result goes there."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{label} {path} is a folder; name a {what} in it")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{label} {path} cannot be created: {blocker} is a file, not a folder")
+
+
 def _new_file_beside(path: Path) -> Path:
     """A new empty file in ``path``'s folder, with the permissions of an ordinary file (0o666 less the umask).
 

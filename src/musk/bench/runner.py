@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..outputs import provenance
+from ..outputs import check_file_target, provenance
 from .data import BenchData
 from .datasets import default_task, load_dataset
 from .features import FeatureStore
@@ -106,11 +106,7 @@ def _output_paths(config: BenchConfig):
 def check_output(path: Path) -> None:
     """Fail before any evaluation when results could not be added to ``path`` (a folder, a path under a file,
     an existing file that is not a results file)."""
-    if path.is_dir():
-        raise ValueError(f"--output {path} is a folder; name a results file, e.g. {path / 'results.json'}")
-    existing = next(p for p in path.parents if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"--output {path} cannot be created: {existing} is a file, not a folder")
+    check_file_target(path, "--output", "results file (e.g. results.json)")
     if path.is_file():
         read_records(path)  # names the bad line of a file that is not JSON Lines
 

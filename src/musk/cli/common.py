@@ -12,6 +12,7 @@ import torch
 
 from ..models import MUSK, create_model
 from ..models.factory import DEFAULT_MODEL
+from ..outputs import check_file_target
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_WEIGHTS = "hf_hub:xiangjx/musk"
@@ -49,11 +50,7 @@ def output_path(name: str) -> Path:
     """The output file ``name``, checked before any work is done: not a folder, not under a file, and not a
     ``.json`` (that name is taken by the provenance record written beside it)."""
     path = Path(name)
-    if path.is_dir():
-        raise ValueError(f"output {name!r} is a folder; name a file in it")
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ValueError(f"output {name!r} cannot be created: {str(blocker)!r} is a file")
+    check_file_target(path, "output")
     if path.suffix == ".json":
         raise ValueError(f"output {name!r}: .json names the provenance record written beside it; use another suffix")
     return path
