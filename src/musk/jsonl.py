@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-__all__ = ["parse_json_lines"]
+__all__ = ["numbered_json_lines", "parse_json_lines"]
 
 
-def parse_json_lines(lines: Iterable[str], source: str | os.PathLike) -> list:
-    """The values of the non-blank ``lines``; a line that is not JSON raises a ValueError naming ``source``
-    and its line number."""
-    values = []
+def numbered_json_lines(lines: Iterable[str], source: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """``(line number, value)`` of the non-blank ``lines`` (numbered as in the file, blank lines counted); a line
+    that is not JSON raises a ValueError naming ``source`` and its line number."""
     for number, line in enumerate(lines, 1):
         if line.strip():
             try:
-                values.append(json.loads(line))
+                yield number, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{source}, line {number}: not JSON ({e})") from e
-    return values
+
+
+def parse_json_lines(lines: Iterable[str], source: str | os.PathLike) -> list:
+    """The values of the non-blank ``lines``; errors as :func:`numbered_json_lines`."""
+    return [value for _, value in numbered_json_lines(lines, source)]

@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..images import ImageLoadError, load_image, to_rgb
+from ..jsonl import numbered_json_lines
 from ..tokenizer import MuskTokenizer
 from .answers import AnswerVocab, question_type
 
@@ -94,17 +95,12 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
     if suffix in (".jsonl", ".json"):
         rows = []
         with open(path, encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+            for number, row in numbered_json_lines(f, path):
                 where = f"{path}, line {number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not JSON ({e})") from e
                 if not isinstance(row, dict):
                     raise ValueError(
-                        f"{where}: expected a JSON object with {', '.join(REQUIRED_COLUMNS)}; got {line.strip()[:80]}"
+                        f"{where}: expected a JSON object with {', '.join(REQUIRED_COLUMNS)}; "
+                        f"got {json.dumps(row)[:80]}"
                     )
                 rows.append((where, row))
         return rows
