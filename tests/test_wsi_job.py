@@ -5,6 +5,8 @@ import csv
 import json
 import logging
 import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -20,7 +22,7 @@ from musk.tokenizer import MuskTokenizer
 from musk.wsi import extract as extract_module
 from musk.wsi.extract import projected
 from musk.wsi.h5 import read_patch_file
-from musk.wsi.job import WsiJobConfig, run_wsi_job
+from musk.wsi.job import WsiJobConfig, exclusive_lock, run_wsi_job
 from musk.wsi.patching import plan_patches
 from musk.wsi.readers import open_slide
 from musk.wsi.tissue import TissueMask
@@ -220,6 +222,53 @@ def test_leftovers_of_a_killed_run_are_removed_and_others_kept(slides, tmp_path)
     config = WsiJobConfig(model=TINY, weights=None, patch_size=128, device="cpu")
     assert run_wsi_job([slides / "glass.tif"], job_dir, config).failed == []
     assert not mine.exists() and other.exists()
+
+
+def test_a_slide_killed_while_writing_its_record_gets_the_record_without_redoing_its_outputs(slides, tiny, tmp_path):
+    job_dir = tmp_path / "job"
+    config = WsiJobConfig(model=TINY, weights=str(tiny[0]), patch_size=128, features="proj", device="cpu")
+    assert run_wsi_job([slides / "glass.tif"], job_dir, config).failed == []
+    record = json.loads((job_dir / "status" / "glass.json").read_text())
+    (job_dir / "status" / "glass.json").unlink()
+    leftover = job_dir / "status" / ".glass.json.0123abcd.partial.json"
+    leftover.write_text("{")
+    features = (job_dir / "features" / "glass.h5").stat().st_mtime_ns
+    result = run_wsi_job([slides / "glass.tif"], job_dir, config)
+    assert result.records[0]["status"] == "done" and result.records[0]["patches"] == record["patches"]
+    assert json.loads((job_dir / "status" / "glass.json").read_text())["patches"] == record["patches"]
+    assert not leftover.exists()
+    assert (job_dir / "features" / "glass.h5").stat().st_mtime_ns == features
+
+
+def test_leftovers_of_the_job_files_are_removed(slides, tmp_path):
+    """A process killed while rewriting status.csv (or config.json, summary.json) leaves its temporary file."""
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    stale = [job_dir / ".status.csv.0123abcd.partial.csv", job_dir / ".config.json.0123abcd.partial.json",
+             job_dir / ".summary.json.0123abcd.partial.json"]  # fmt: skip
+    kept = job_dir / ".notes.txt.0123abcd.partial.txt"  # not the job's
+    for path in [*stale, kept]:
+        path.write_bytes(b"half")
+    config = WsiJobConfig(model=TINY, weights=None, patch_size=128, device="cpu")
+    assert run_wsi_job([slides / "glass.tif"], job_dir, config, stages=["segment"]).failed == []
+    assert not any(p.exists() for p in stale) and kept.exists()
+    assert (job_dir / "status.csv").is_file() and (job_dir / "summary.json").is_file()
+
+
+def test_a_waiting_lock_waits_for_the_process_holding_it(tmp_path):
+    """The job files' lock: a writer in another process keeps it until done (its temporary file is not stale)."""
+    path, finished = tmp_path / ".job.lock", tmp_path / "finished"
+    script = (
+        f"import fcntl, pathlib, time; f = open({str(path)!r}, 'a+'); fcntl.lockf(f, fcntl.LOCK_EX); "
+        f"print('held', flush=True); time.sleep(1.5); pathlib.Path({str(finished)!r}).touch()"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with exclusive_lock(path) as taken:
+        assert not taken
+    with exclusive_lock(path, wait=True) as taken:
+        assert taken and finished.exists()  # the holder had finished its work
+    holder.wait(timeout=30)
 
 
 def test_segment_takes_max_saturation_and_pins_it(slides, tmp_path, capsys):

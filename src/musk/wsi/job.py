@@ -10,7 +10,8 @@ Layout of a job directory::
     patches/<slide>.h5     coords + attributes                         (DESIGN.md section 4)
     features/<slide>.h5    coords + features (+ zeroshot_probabilities)
     heatmaps/<slide>/NN_<class>.png
-    locks/<slide>.lock
+    locks/<slide>.lock     held by the process working on the slide
+    .job.lock              held while config.json, status.csv or summary.json is written
 
 Every output is written to a temporary name and renamed, so a file under its final name is complete; a slide
 whose outputs all exist is skipped. Several processes (``accelerate launch``, or independent runs) share one
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("segment", "patch", "extract", "heatmap")
 STATUS_COLUMNS = ("slide", "status", "patches", "seconds", "error")
+JOB_FILES = ("config.json", "status.csv", "summary.json")  # written by any process, under the job lock
 #: The settings each stage's outputs depend on (compared with those of an earlier run in the same job directory).
 STAGE_SETTINGS = {
     "segment": ("mpp", "thumbnail_size", "min_saturation", "max_saturation", "min_area_um2", "max_hole_um2"),
@@ -149,8 +151,9 @@ class _Layout:
 
 
 @contextmanager
-def slide_lock(path: Path):
-    """Hold an exclusive lock on ``path`` if no other process does; yields whether it was taken.
+def exclusive_lock(path: Path, wait: bool = False):
+    """Hold an exclusive lock on ``path`` if no other process does (or, with ``wait``, once none does); yields
+    whether it was taken.
 
     POSIX record locks: released by the kernel when the holder exits or is killed, so no stale lock survives.
     """
@@ -162,7 +165,7 @@ def slide_lock(path: Path):
             yield True
             return
         try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             yield False
             return
@@ -183,6 +186,17 @@ class _Job:
         self.tokenizer = None
         self.tokenizer_sha256: str | None = None
 
+    @contextmanager
+    def job_files_lock(self):
+        """Hold the lock every writer of ``JOB_FILES`` holds, after removing the temporary files a killed
+        process left for them (with the lock held, any that exist are stale)."""
+        with exclusive_lock(self.dir / ".job.lock", wait=True):
+            for name in JOB_FILES:
+                for path in self.dir.glob(f".{name}.*.partial{Path(name).suffix}"):
+                    logger.info("removing %s, left by an interrupted run", path)
+                    path.unlink(missing_ok=True)
+            yield
+
     # ---- configuration -------------------------------------------------------------------
     def settings(self) -> dict[str, dict]:
         values = asdict(self.config)
@@ -192,6 +206,10 @@ class _Job:
 
     def check_and_save_config(self, slides: list[str]) -> None:
         """Refuse settings that differ from those the job directory's existing outputs were made with."""
+        with self.job_files_lock():
+            self._check_and_save_config(slides)
+
+    def _check_and_save_config(self, slides: list[str]) -> None:
         config_file = self.dir / "config.json"
         settings = self.settings()
         if config_file.is_file():
@@ -256,6 +274,11 @@ class _Job:
             "heatmap": lambda: self.has_heatmaps(name),
         }
         return all(checks[stage]() for stage in self.stages)
+
+    def finished(self, name: str) -> bool:
+        """Whether the slide's outputs and its record exist (one killed between the two is taken up again, which
+        removes its leftovers and writes the record without redoing the outputs)."""
+        return self.path("status", name, ".json").is_file() and self.outputs_done(name)
 
     def remove_partial_files(self, name: str) -> None:
         """Temporary files a killed process left for this slide (safe: the caller holds the slide's lock)."""
@@ -359,7 +382,7 @@ class _Job:
                 elif not done and record["status"] != "failed":
                     record.update(status="pending", patches="", seconds="", error="")
             records.append(record | {"status": record["status"] or "pending"})
-        with atomic_path(self.dir / "status.csv") as tmp, open(tmp, "w", newline="") as f:
+        with self.job_files_lock(), atomic_path(self.dir / "status.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=STATUS_COLUMNS)
             writer.writeheader()
             writer.writerows(records)
@@ -411,15 +434,15 @@ def run_wsi_job(
         job.load_tokenizer()
     sources = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
     job.check_and_save_config([str(Path(s).expanduser().resolve()) for s in sources])
-    pending = [e for e in job.work_order(entries) if not job.outputs_done(e.name)]
+    pending = [e for e in job.work_order(entries) if not job.finished(e.name)]
     if needs_model and pending:
         job.load_model(state.device if state is not None and config.device == "auto" else resolve_device(config.device))
     if state is not None:
         state.wait_for_everyone()
     logger.info("process %d of %d: %d of %d slides to do in %s", rank, world, len(pending), len(entries), job.dir)
     for entry in pending:
-        with slide_lock(job.path("locks", entry.name, ".lock")) as taken:
-            if not taken or job.outputs_done(entry.name):  # another process has it, or just finished it
+        with exclusive_lock(job.path("locks", entry.name, ".lock")) as taken:
+            if not taken or job.finished(entry.name):  # another process has it, or just finished it
                 continue
             record = job.process(entry)
             if record["status"] == "done":
@@ -430,7 +453,8 @@ def run_wsi_job(
     records = job.write_status(entries, verify=True)
     summary = _summary(records, stages, world)
     if rank == 0:
-        write_json(job.dir / "summary.json", summary)
+        with job.job_files_lock():
+            write_json(job.dir / "summary.json", summary)
     return JobResult(records, summary, [r["slide"] for r in records if r["status"] == "failed"])
 
 
