@@ -21,9 +21,8 @@ import timm
 import torch
 
 import musk  # noqa: F401  (registers the architectures)
+from musk.runtime import DTYPES
 from musk.streams import default_streams, run_in_streams
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def matmul_peak_gflops(n: int, repeats: int, dtype: torch.dtype) -> float:

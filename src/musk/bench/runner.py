@@ -10,6 +10,7 @@ import torch
 
 from .. import __version__
 from ..outputs import check_file_target, provenance
+from ..runtime import DTYPES
 from .data import BenchData
 from .datasets import default_task, load_dataset
 from .features import FeatureStore
@@ -58,9 +59,6 @@ class BenchConfig:
     custom_template_file: str | None = None
     cache_dir: str | None = None
     progress: bool = False
-
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _slug(text: str) -> str:

@@ -15,7 +15,8 @@ from ..bench.datasets import DATASETS
 from ..bench.models import parse_models
 from ..bench.runner import BenchConfig, run_benchmark
 from ..bench.tasks import TASKS
-from .common import DTYPES, positive_int, resolve_device, show_progress
+from ..runtime import DTYPES, resolve_device
+from .common import positive_int, show_progress
 
 logger = logging.getLogger(__name__)
 

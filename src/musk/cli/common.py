@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from ..models import MUSK, create_model
 from ..models.factory import DEFAULT_MODEL
 from ..outputs import check_file_target
+from ..runtime import DTYPES, resolve_device, seed_everything
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_WEIGHTS = "hf_hub:xiangjx/musk"
 
 
@@ -66,37 +62,6 @@ def positive_int(text: str) -> int:
 def run_config(args: argparse.Namespace) -> dict:
     """The resolved options of a command, for the provenance record (the handler function left out)."""
     return {k: v for k, v in vars(args).items() if k != "run"}
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device ``name`` stands for ("auto": the first of cuda, mps, cpu); ``ValueError`` if it is unusable here."""
-    if name != "auto":
-        return _usable_device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _usable_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def model_from_args(args: argparse.Namespace) -> MUSK:

@@ -16,7 +16,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..outputs import provenance, write_json
-from .common import DTYPES, resolve_device, run_config, seed_everything, show_progress
+from ..runtime import DTYPES, resolve_device, seed_everything
+from .common import run_config, show_progress
 
 logger = logging.getLogger(__name__)
 

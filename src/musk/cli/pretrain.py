@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import DTYPES
+from ..runtime import DTYPES
 
 _INPUTS = {"tokenizer": ("images",), "mim": ("images", "texts"), "contrastive": ("pairs",)}
 _HELP = {

@@ -15,7 +15,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..outputs import provenance, write_json
-from .common import DTYPES, add_model_args, add_runtime_args, resolve_device, run_config, seed_everything, show_progress
+from ..runtime import DTYPES, resolve_device, seed_everything
+from .common import add_model_args, add_runtime_args, run_config, show_progress
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ import torch
 
 from ..models.factory import DEFAULT_MODEL
 from ..outputs import atomic_path, provenance, write_json
+from ..runtime import resolve_device
 from .fit import BALANCING, FitOptions, fit_model, outputs_to_predictions, predict_outputs
 from .inputs import MILInputs, TextEncoderSpec, load_inputs
 from .km import median_split, plot_kaplan_meier
@@ -161,12 +162,6 @@ class MILTrainResult:
     history: list[list[dict]] = field(default_factory=list)
 
 
-def _resolve_device(name: str) -> torch.device:
-    from ..cli.common import resolve_device
-
-    return resolve_device(name)
-
-
 def prediction_rows(cohort: Cohort, indices, predictions: np.ndarray, fold: int | None) -> list[dict]:
     """One dict per case: ids, the true target and the prediction (class probabilities or risk)."""
     rows = []
@@ -266,7 +261,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
     if config.manifest is None:
         raise ValueError("no manifest given")
     output_dir = Path(config.output_dir)
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     encoder = TextEncoderSpec(config.text_model, config.text_weights, config.tokenizer, config.cache_dir, 100, device)
     inputs = load_inputs(
         config.manifest,

@@ -17,8 +17,8 @@ import torch
 import yaml
 from torch import nn
 
-from ..mixed_precision import accelerate_mixed_precision
 from ..outputs import provenance, write_json
+from ..runtime import accelerate_mixed_precision
 from .batching import BatchStream, StreamPosition, make_loader
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_dict

@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import __version__
 from ..outputs import atomic_path, file_sha256, provenance, write_json
+from ..runtime import DTYPES, resolve_device, seed_everything
 from ..zeroshot import DEFAULT_TEMPLATES
 from .h5 import read_patch_file, write_patch_file
 from .patching import PatchGrid, plan_patches
@@ -92,7 +93,6 @@ class WsiJobConfig:
 
     def validate(self, stages: Sequence[str] = STAGES) -> None:
         """Raise ValueError naming every invalid setting: a job checks them once, before it pins or writes anything."""
-        from ..cli.common import DTYPES
         from ..zeroshot import class_prompts
         from .extract import FEATURE_KINDS
 
@@ -245,7 +245,6 @@ class _Job:
         self.tokenizer_sha256 = file_sha256(self.tokenizer.model_file)
 
     def load_model(self, device) -> None:
-        from ..cli.common import DTYPES, seed_everything
         from ..models import create_model
 
         seed_everything(self.config.seed)
@@ -411,7 +410,6 @@ def run_wsi_job(
     launch`` each process takes its share. Slides already done are skipped; failures are recorded and the
     job goes on. Returns the records of every slide and the summary written to ``job_dir``.
     """
-    from ..cli.common import resolve_device
     from ..models.loading import resolve_weights
 
     config = config or WsiJobConfig()

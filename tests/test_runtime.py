@@ -1,9 +1,9 @@
-"""musk.mixed_precision: --precision choices turned into accelerate's mixed-precision modes."""
+"""musk.runtime: --precision choices turned into accelerate's mixed-precision modes; devices."""
 
 import pytest
 import torch
 
-from musk.mixed_precision import accelerate_mixed_precision
+from musk.runtime import accelerate_mixed_precision
 
 CPU_MODES = [("fp32", "no"), ("fp16", "fp16"), ("bf16", "bf16"), ("auto", "no")]
 
