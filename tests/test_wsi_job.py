@@ -259,13 +259,15 @@ def test_a_waiting_lock_waits_for_the_process_holding_it(tmp_path):
     """The job files' lock: a writer in another process keeps it until done (its temporary file is not stale)."""
     path, finished = tmp_path / ".job.lock", tmp_path / "finished"
     script = (
-        f"import fcntl, pathlib, time; f = open({str(path)!r}, 'a+'); fcntl.lockf(f, fcntl.LOCK_EX); "
-        f"print('held', flush=True); time.sleep(1.5); pathlib.Path({str(finished)!r}).touch()"
+        f"import fcntl, pathlib, sys, time; f = open({str(path)!r}, 'a+'); fcntl.lockf(f, fcntl.LOCK_EX); "
+        f"print('held', flush=True); sys.stdin.readline(); time.sleep(0.5); pathlib.Path({str(finished)!r}).touch()"
     )
-    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with exclusive_lock(path) as taken:
         assert not taken
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
     with exclusive_lock(path, wait=True) as taken:
         assert taken and finished.exists()  # the holder had finished its work
     holder.wait(timeout=30)
