@@ -92,33 +92,45 @@ def test_linear_probe_and_knn_over_seeds_and_shots_extract_once(tmp_path, tiles)
     assert len(list(store_dir.glob("*.npz"))) == 2  # the same features served the kNN probe
 
 
-def _tiny_open_clip(folder):
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(params=["registered", "local-dir"])
+def tiny_open_clip(request, tmp_path):
+    """(open_clip name, pretrained file or "", the model) of a tiny random CLIP saved under ``tmp_path``: a config
+    added to open_clip's registry (every open_clip), or a ``local-dir:`` folder (open_clip versions that have it)."""
     import open_clip
 
-    config = {
-        "model_cfg": {
-            "embed_dim": 32,
-            "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-        },
-        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-    }
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    if request.param == "local-dir":
+        if not hasattr(open_clip.factory, "LOCAL_DIR_PREFIX"):
+            pytest.skip(f"open_clip {open_clip.__version__} has no local-dir: models")
+        folder = tmp_path / "clip"
+        folder.mkdir()
+        config = {"model_cfg": TINY_CLIP, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+        (folder / "open_clip_config.json").write_text(json.dumps(config))
+        name, weights, pretrained = f"local-dir:{folder}", folder / "open_clip_pytorch_model.bin", ""
+    else:
+        (tmp_path / "musk-test-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+        open_clip.add_model_config(tmp_path / "musk-test-tiny-clip.json")
+        name, weights = "musk-test-tiny-clip", tmp_path / "tiny-clip.bin"
+        pretrained = str(weights)
     torch.manual_seed(0)
-    model = open_clip.create_model(f"local-dir:{folder}")
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return model
+    model = open_clip.create_model(name)
+    torch.save(model.state_dict(), weights)
+    return name, pretrained, model.eval()
 
 
-def test_open_clip_adapter_zero_shot_equals_open_clip_itself(tmp_path, tiles):
+def test_open_clip_adapter_zero_shot_equals_open_clip_itself(tmp_path, tiles, tiny_open_clip):
     import open_clip
 
-    reference = _tiny_open_clip(tmp_path / "clip").eval()
-    name = f"open_clip:local-dir:{tmp_path / 'clip'}"
+    arch, pretrained, reference = tiny_open_clip
     records = run_benchmark(
         BenchConfig(
-            models=[(name, "")],
+            models=[(f"open_clip:{arch}", pretrained)],
             datasets=["folder"],
             dataset_root=str(tiles),
             output=str(tmp_path / "zs.json"),
@@ -127,8 +139,8 @@ def test_open_clip_adapter_zero_shot_equals_open_clip_itself(tmp_path, tiles):
     )
     (record,) = records
     data = load_dataset("folder", tiles, "test")
-    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'clip'}")
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'clip'}")
+    _, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None)
+    tokenizer = open_clip.get_tokenizer(arch)
     with torch.inference_mode():
         images = torch.stack([preprocess(musk.load_image(p)) for p in data.images.paths])
         img = torch.nn.functional.normalize(reference.encode_image(images), dim=-1)
@@ -145,9 +157,9 @@ def test_timm_adapter_runs_the_image_tasks_and_refuses_text_tasks(tmp_path, tile
     import timm
 
     torch.manual_seed(0)
-    encoder = timm.create_model("test_vit", num_classes=0)
+    encoder = timm.create_model("vit_tiny_patch16_224", num_classes=0)
     save_weights(encoder, tmp_path / "vit.safetensors")
-    model = ("timm:test_vit", str(tmp_path / "vit.safetensors"))
+    model = ("timm:vit_tiny_patch16_224", str(tmp_path / "vit.safetensors"))
     adapter = load_adapter(*model)
     data = load_dataset("folder", tiles, "test")
     features = FeatureStore().image_features(adapter, data, "probe")
@@ -171,7 +183,7 @@ def test_timm_adapter_runs_the_image_tasks_and_refuses_text_tasks(tmp_path, tile
     state = {**encoder.state_dict(), "blocks.0.ls1.gamma": torch.ones(8), "head.weight": torch.zeros(2, 8)}
     save_weights(state, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match=r"blocks\.0\.ls1\.gamma"):  # the classifier head alone is fine
-        load_adapter("timm:test_vit", str(tmp_path / "other.safetensors"))
+        load_adapter("timm:vit_tiny_patch16_224", str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="no text encoder"):
         run_benchmark(
             BenchConfig(

@@ -19,6 +19,7 @@ from musk.pretrain.collate import ImageBatchMaker, PairBatchMaker, TextWindows
 from musk.pretrain.config import STAGES
 from musk.pretrain.data import ImageFolderSource, ShardSource, TextSource, image_source, pair_source, read_pair
 from musk.pretrain.masking import BlockMaskGenerator, WholeWordMasker, word_start_table
+from musk.pretrain.stages import build_teacher
 from pretrain_synthetic import caption, make_corpus, make_images, make_pairs, make_shards
 
 
@@ -176,3 +177,19 @@ def test_overrides_are_typed_and_unknown_keys_are_named():
         load_config("mim", "tiny", {"learning_rate": "1"})
     with pytest.raises(ValueError, match="bad mim setting"):
         load_config("mim", "tiny", {"steps": "many"})
+
+
+def test_teacher_args_are_a_yaml_mapping_given_to_timm():
+    config = load_config("tokenizer", "tiny", {"teacher_args": "{depth: 2, embed_dim: 32, num_heads: 2}"})
+    assert config.teacher_args == {"depth": 2, "embed_dim": 32, "num_heads": 2}
+    teacher = build_teacher(config.teacher, config.teacher_weights, config.img_size, config.teacher_args)
+    assert len(teacher.blocks) == 2 and teacher.num_features == 32 and teacher.patch_embed.img_size == (64, 64)
+    tiny = load_config("tokenizer", "tiny")  # timm's test_vit, made from a model every timm >= 0.9.16 has
+    teacher = build_teacher(tiny.teacher, tiny.teacher_weights, tiny.img_size, tiny.teacher_args)
+    assert (
+        len(teacher.blocks) == 6
+        and teacher.num_features == 64
+        and not any(p.requires_grad for p in teacher.parameters())
+    )
+    with pytest.raises(ValueError, match="expected a YAML mapping"):
+        load_config("tokenizer", "tiny", {"teacher_args": "depth"})

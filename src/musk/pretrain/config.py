@@ -84,10 +84,12 @@ class RunConfig:
 class TokenizerConfig(RunConfig):
     """Stage 0, the VQ-KD visual tokenizer: a ViT encoder, an l2-normalised EMA codebook, a decoder that
     regresses a frozen teacher's patch features (cosine loss). ``teacher``: a timm model name;
-    ``teacher_weights``: a local file for it (None: timm's pretrained weights, or random with ``random``)."""
+    ``teacher_args``: further arguments for ``timm.create_model`` (``{depth: 6}``); ``teacher_weights``: a local
+    file for it (None: timm's pretrained weights, or random with ``random``)."""
 
     images: list[str] = field(default_factory=list)
     teacher: str = "vit_large_patch16_224"
+    teacher_args: dict[str, typing.Any] = field(default_factory=dict)
     teacher_weights: str | None = None
     img_size: int = 224
     patch_size: int = 16
@@ -175,7 +177,7 @@ def load_recipe(recipe: str | os.PathLike, stage: str) -> dict:
 
 
 def _convert(value, annotation):
-    """A command-line string as the type of a dataclass field (lists are comma-separated)."""
+    """A command-line string as the type of a dataclass field (lists are comma-separated, mappings YAML)."""
     if not isinstance(value, str):
         return value
     hint = typing.get_origin(annotation)
@@ -186,6 +188,11 @@ def _convert(value, annotation):
         return _convert(value, args[0])
     if hint is list:
         return [_convert(v, args[0]) for v in value.split(",") if v]
+    if hint is dict:
+        mapping = yaml.safe_load(value)
+        if not isinstance(mapping, dict):
+            raise ValueError(f"expected a YAML mapping such as {{depth: 6}}, got {value!r}")
+        return mapping
     if annotation is bool:
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"expected true or false, got {value!r}")

@@ -60,9 +60,10 @@ def _sized(source) -> int | None:
 
 
 # ---- stage 0 ------------------------------------------------------------------------------------------
-def build_teacher(name: str, weights: str | None, img_size: int) -> nn.Module:
-    """A frozen timm teacher: ``weights`` a local file, None for timm's pretrained weights, ``random`` for none."""
-    kwargs = {"num_classes": 0, "img_size": img_size}
+def build_teacher(name: str, weights: str | None, img_size: int, args: dict | None = None) -> nn.Module:
+    """A frozen timm teacher: ``weights`` a local file, None for timm's pretrained weights, ``random`` for none;
+    ``args`` further ``timm.create_model`` arguments."""
+    kwargs = {**(args or {}), "num_classes": 0, "img_size": img_size}
     if weights == "random":
         teacher = timm.create_model(name, pretrained=False, **kwargs)
     elif weights is None:
@@ -113,7 +114,7 @@ def train_tokenizer(config: TokenizerConfig) -> TrainResult:
         if is_sharded(accelerator):  # its weights are saved from this process's module, which FSDP shards
             raise ValueError("stage 0 (the visual tokenizer) runs on one process or under DDP, not FSDP: launch it "
                              "with a multi-GPU config such as docs/accelerate/8gpu.yaml")  # fmt: skip
-        teacher = build_teacher(config.teacher, config.teacher_weights, config.img_size)
+        teacher = build_teacher(config.teacher, config.teacher_weights, config.img_size, config.teacher_args)
         architecture = {f.name: getattr(config, f.name) for f in fields(VQKDConfig) if f.name != "teacher_dim"}
         vq_config = VQKDConfig(**architecture, teacher_dim=teacher.num_features)
         model = holder["model"] = _TokenizerTraining(VQKD(vq_config))
