@@ -14,7 +14,7 @@ Layout of a job directory::
     .job.lock              held while config.json, status.csv or summary.json is written
 
 Every output is written to a temporary name and renamed, so a file under its final name is complete; a slide
-whose outputs all exist is skipped. Several processes (``accelerate launch``, or independent runs) share one
+whose outputs and record exist is skipped. Several processes (``accelerate launch``, or independent runs) share one
 job directory: each takes its own share of slides first, then helps with the rest, holding a lock per slide.
 A slide that fails is recorded with the reason and the job goes on.
 """
