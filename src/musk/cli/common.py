@@ -59,6 +59,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def run_config(args: argparse.Namespace) -> dict:
     """The resolved options of a command, for the provenance record (the handler function left out)."""
     return {k: v for k, v in vars(args).items() if k != "run"}

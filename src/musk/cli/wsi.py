@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..zeroshot import DEFAULT_TEMPLATES
-from .common import add_model_args, add_runtime_args, positive_int, show_progress
+from .common import add_model_args, add_runtime_args, positive_float, positive_int, show_progress
 from .zeroshot import tokenizer_source
 
 _NO_WEIGHTS = ("none", "random")
@@ -63,7 +63,7 @@ def _add_job_args(p: argparse.ArgumentParser, slides_required: bool) -> None:
     p.add_argument("--job_dir", required=True, help="where every output and the status go (resumable)")
     if slides_required:  # (the heatmap stage keeps the job's)
         p.add_argument(
-            "--mpp", type=_positive_float, default=None, help="microns per level-0 pixel, overriding metadata"
+            "--mpp", type=positive_float, default=None, help="microns per level-0 pixel, overriding metadata"
         )
 
 
@@ -79,20 +79,13 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
 
 def _add_patch_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("patching")
-    g.add_argument("--mag", type=_positive_float, default=20.0, help="target magnification (default: %(default)s)")
+    g.add_argument("--mag", type=positive_float, default=20.0, help="target magnification (default: %(default)s)")
     g.add_argument(
-        "--target_mpp", type=_positive_float, default=None, help="target microns per pixel (instead of --mag)"
+        "--target_mpp", type=positive_float, default=None, help="target microns per pixel (instead of --mag)"
     )
     g.add_argument("--patch_size", type=positive_int, default=384, help="pixels at the target (default: %(default)s)")
     g.add_argument("--overlap", type=int, default=0, help="pixels at the target (default: %(default)s)")
     g.add_argument("--min_tissue", type=float, default=0.5, help="tissue fraction per patch (default: %(default)s)")
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def _add_zeroshot_args(p: argparse.ArgumentParser, required: bool) -> None:

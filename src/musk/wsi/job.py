@@ -205,11 +205,8 @@ class _Job:
         return {stage: {k: values[k] for k in STAGE_SETTINGS[stage]} for stage in STAGE_SETTINGS if stage in needed}
 
     def check_and_save_config(self, slides: list[str]) -> None:
-        """Refuse settings that differ from those the job directory's existing outputs were made with."""
-        with self.job_files_lock():
-            self._check_and_save_config(slides)
-
-    def _check_and_save_config(self, slides: list[str]) -> None:
+        """Refuse settings that differ from those the job directory's existing outputs were made with (call it
+        under :meth:`job_files_lock`: it reads, then rewrites config.json)."""
         config_file = self.dir / "config.json"
         settings = self.settings()
         if config_file.is_file():
@@ -431,7 +428,8 @@ def run_wsi_job(
     if "heatmap" in stages:
         job.load_tokenizer()
     sources = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
-    job.check_and_save_config([str(Path(s).expanduser().resolve()) for s in sources])
+    with job.job_files_lock():
+        job.check_and_save_config([str(Path(s).expanduser().resolve()) for s in sources])
     pending = [e for e in job.work_order(entries) if not job.finished(e.name)]
     if needs_model and pending:
         job.load_model(state.device if state is not None and config.device == "auto" else resolve_device(config.device))
