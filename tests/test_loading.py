@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 import musk
+from musk.files import file_sha256
 from musk.models import CheckpointMismatchError, WeightsUnavailableError, load_weights
-from musk.outputs import file_sha256
 
 TINY = "musk_tiny_patch16_64"
 

@@ -15,7 +15,8 @@ import torch
 from safetensors import safe_open
 
 import musk
-from musk.outputs import atomic_dir, atomic_path, file_sha256, provenance, write_json, write_safetensors
+from musk.files import atomic_dir, atomic_path, file_sha256, write_json, write_safetensors
+from musk.provenance import provenance
 from weights_file import save_weights
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from musk import get_transform
 from musk.cli import main
-from musk.outputs import file_sha256
+from musk.files import file_sha256
 from musk.tokenizer import MuskTokenizer
 from musk.wsi import extract as extract_module
 from musk.wsi.extract import projected

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .files import atomic_path
 from .images import ImageFileDataset, LoadFailure, collate_images
 from .models import MUSK
-from .outputs import atomic_path
 from .streams import run_in_streams
 from .transforms import get_transform
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..outputs import atomic_path
+from ..files import atomic_path
 from .results import all_records
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..files import atomic_path
 from ..images import ImageLoadError, collate_images
-from ..outputs import atomic_path
 from .data import BenchData, TransformedImages
 from .models import FEATURE_KINDS, ModelAdapter
 

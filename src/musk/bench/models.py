@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..outputs import file_sha256
+from ..files import file_sha256
 from ..streams import run_in_streams
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..files import atomic_path
 from ..jsonl import parse_json_lines
-from ..outputs import atomic_path
 
 RUN_KEY = ("model", "pretrained", "dataset", "task", "fewshot_k", "seed")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..outputs import check_file_target, provenance
+from ..files import check_file_target
+from ..provenance import provenance
 from ..runtime import DTYPES
 from .data import BenchData
 from .datasets import default_task, load_dataset

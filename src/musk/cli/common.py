@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..files import check_file_target
 from ..models import MUSK, create_model
 from ..models.factory import DEFAULT_MODEL
-from ..outputs import check_file_target
 from ..runtime import DTYPES, resolve_device, seed_everything
 
 DEFAULT_WEIGHTS = "hf_hub:xiangjx/musk"

@@ -6,9 +6,10 @@ import argparse
 import logging
 
 from ..embedding import embed_images
+from ..files import write_json
 from ..images import list_images
 from ..models.loading import resolve_weights
-from ..outputs import provenance, write_json
+from ..provenance import provenance
 from .common import add_model_args, add_runtime_args, model_from_args, output_path, run_config, show_progress
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ import logging
 from dataclasses import fields
 from pathlib import Path
 
-from ..outputs import provenance, write_json
+from ..files import write_json
+from ..provenance import provenance
 from ..runtime import DTYPES, resolve_device, seed_everything
 from .common import run_config, show_progress
 
@@ -221,9 +222,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_heatmap(args: argparse.Namespace) -> int:
+    from ..files import atomic_path
     from ..mil.heatmap import attention_map, draw_attention
     from ..mil.saved import load_mil_models
-    from ..outputs import atomic_path
     from ..wsi.h5 import read_patch_file
 
     if args.slides and len(args.slides) != len(args.features):

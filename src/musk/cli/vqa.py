@@ -14,7 +14,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..outputs import provenance, write_json
+from ..files import write_json
+from ..provenance import provenance
 from ..runtime import DTYPES, resolve_device, seed_everything
 from .common import add_model_args, add_runtime_args, run_config, show_progress
 

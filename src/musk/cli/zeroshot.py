@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from ..embedding import embed_images
+from ..files import atomic_path, write_json
 from ..images import list_images
 from ..models.loading import parse_hub_id, resolve_weights
-from ..outputs import atomic_path, provenance, write_json
+from ..provenance import provenance
 from ..tokenizer import TOKENIZER_FILENAME, get_tokenizer
 from ..zeroshot import DEFAULT_TEMPLATES, class_embeddings, class_prompts, probabilities
 from .common import add_model_args, add_runtime_args, model_from_args, output_path, run_config, show_progress

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outputs import atomic_path
+from ..files import atomic_path
 
 __all__ = ["logrank_p", "median_split", "plot_kaplan_meier"]
 

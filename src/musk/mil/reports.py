@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import atomic_path
 from ..models import MUSK
-from ..outputs import atomic_path
 from ..tokenizer import MuskTokenizer
 
 __all__ = ["chunk_ids", "embed_reports", "load_report_embeddings", "save_report_embeddings"]

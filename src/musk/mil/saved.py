@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..outputs import atomic_dir, write_safetensors
+from ..files import atomic_dir, write_safetensors
 from .data import BagDataset
 from .fit import outputs_to_predictions, predict_outputs
 from .models import MILModel

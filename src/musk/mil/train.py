@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import atomic_path, write_json
 from ..models.factory import DEFAULT_MODEL
-from ..outputs import atomic_path, provenance, write_json
+from ..provenance import provenance
 from ..runtime import resolve_device
 from .fit import BALANCING, FitOptions, fit_model, outputs_to_predictions, predict_outputs
 from .inputs import MILInputs, TextEncoderSpec, load_inputs

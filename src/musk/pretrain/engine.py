@@ -17,7 +17,8 @@ import torch
 import yaml
 from torch import nn
 
-from ..outputs import provenance, write_json
+from ..files import write_json
+from ..provenance import provenance
 from ..runtime import accelerate_mixed_precision
 from .batching import BatchStream, StreamPosition, make_loader
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

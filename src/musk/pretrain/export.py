@@ -12,8 +12,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from ..files import write_json, write_safetensors
 from ..models import MUSK, CheckpointMismatchError, create_model
-from ..outputs import provenance, write_json, write_safetensors
+from ..provenance import provenance
 from .checkpoint import TRAINER_STATE, best_checkpoint, latest_checkpoint
 from .distributed import restore_scalars
 from .models import MUSK_PREFIX, musk_weights

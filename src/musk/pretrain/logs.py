@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..outputs import atomic_path
+from ..files import atomic_path
 
 __all__ = ["RunLog", "read_log"]
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from ..outputs import atomic_path, write_safetensors
+from ..files import atomic_path, write_safetensors
 from .objectives import ObjectiveOutput, world
 
 __all__ = ["EMACodebook", "VQKD", "VQKDConfig", "load_visual_tokenizer", "save_visual_tokenizer"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..outputs import atomic_path
+from ..files import atomic_path
 from .answers import is_closed, normalize_answer
 from .data import VQAExample
 from .predict import predict

@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from ..files import atomic_dir, write_safetensors
 from ..models import MUSK, CheckpointMismatchError, MuskConfig
-from ..outputs import atomic_dir, write_safetensors
 from ..tokenizer import MuskTokenizer, get_tokenizer
 from ..transforms import get_transform
 from .answers import VOCAB_FILENAME, AnswerVocab

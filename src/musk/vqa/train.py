@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..files import write_json
 from ..models import create_model
 from ..models.factory import DEFAULT_MODEL
 from ..models.loading import resolve_weights
-from ..outputs import provenance, write_json
 from ..pretrain.checkpoint import load_checkpoint, save_checkpoint
+from ..provenance import provenance
 from ..runtime import accelerate_mixed_precision
 from ..tokenizer import get_tokenizer
 from ..transforms import get_transform

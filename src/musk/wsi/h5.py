@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outputs import atomic_path
+from ..files import atomic_path
 
 #: File attributes also written on the ``coords`` dataset (TRIDENT's meaning: ``patch_size`` at the target,
 #: ``patch_size_level0`` at level 0). Not ``patch_level``: CLAM's readers would read ``patch_size`` pixels there.

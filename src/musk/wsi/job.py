@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..outputs import atomic_path, file_sha256, provenance, write_json
+from ..files import atomic_path, file_sha256, write_json
+from ..provenance import provenance
 from ..runtime import DTYPES, resolve_device, seed_everything
 from ..zeroshot import DEFAULT_TEMPLATES
 from .h5 import read_patch_file, write_patch_file

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..outputs import atomic_path
+from ..files import atomic_path
 
 __all__ = ["TissueMask", "contour_overlay", "segment_tissue"]
 

@@ -1,12 +1,10 @@
-"""Writing results safely: atomic files and the provenance record saved next to every output."""
+"""Writing files safely: atomic files and folders, checked targets, JSON and safetensors writers, file hashes."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -111,25 +109,3 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def provenance(config: dict, weights: str | os.PathLike | None = None) -> dict:
-    """The resolved configuration plus the versions and weights that produced an output."""
-    import timm
-    import torch
-
-    from . import __version__
-
-    record = {
-        "config": config,
-        "versions": {
-            "musk-pathology": __version__,
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-            "python": platform.python_version(),
-        },
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if weights is not None:
-        record["weights"] = {"path": str(weights), "sha256": file_sha256(weights)}
-    return record
