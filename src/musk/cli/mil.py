@@ -44,7 +44,7 @@ def _add_runtime(p: argparse.ArgumentParser, batch_size: int | None) -> None:
 
 
 def _add_train(commands) -> None:
-    from ..mil.fit import BALANCING
+    from ..mil.fit import BALANCING, SELECTIONS
     from ..mil.losses import SURVIVAL_LOSSES
     from ..mil.manifest import TASKS
     from ..mil.models import AGGREGATORS, FUSIONS
@@ -62,7 +62,12 @@ def _add_train(commands) -> None:
     p.add_argument("--features_dir", help="folder of <slide_id>.h5 feature files")
     p.add_argument("--output_dir", "-o", help=f"default: {d.output_dir}")
     p.add_argument("--task", choices=TASKS, help=f"default: {d.task}")
-    p.add_argument("--model", choices=AGGREGATORS, help=f"slide aggregator (default: {d.model})")
+    p.add_argument(
+        "--model", choices=AGGREGATORS, help=f"slide aggregator; linear = the linear baseline (default: {d.model})"
+    )
+    p.add_argument(
+        "--baseline", action="store_true", help="also report the linear baseline in the same folds (results.json)"
+    )
     p.add_argument(
         "--fusion", choices=FUSIONS, help=f"none = slides only, text_only = reports only (default: {d.fusion})"
     )
@@ -75,6 +80,12 @@ def _add_train(commands) -> None:
     p.add_argument("--classes", help="comma-separated class names in label order (default: the labels, sorted)")
     p.add_argument("--survival_loss", choices=SURVIVAL_LOSSES, help=f"default: {d.survival_loss}")
     p.add_argument("--n_bins", type=int, help=f"time bins of the nll loss (default: {d.n_bins})")
+    p.add_argument(
+        "--uncensored_weight", type=float, help=f"nll loss: censored cases count 1 - this (default: {d.uncensored_weight})"
+    )
+    p.add_argument(
+        "--select", choices=SELECTIONS, help=f"which epoch is kept, by the validation cases (default: {d.select})"
+    )
     p.add_argument("--folds", type=int, help=f"default: {d.folds}")
     p.add_argument(
         "--val_fraction", type=float, help=f"of each training fold, for early stopping (default: {d.val_fraction})"
@@ -150,8 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
     if str(values.get("text_weights")).lower() in _NO_WEIGHTS:
         values["text_weights"] = None
     result = train_mil(MILTrainConfig(**values, progress=show_progress()))
-    summary = {name: {"mean": m["mean"], "std": m["std"]} for name, m in result.results.items()}
-    print(json.dumps({"output_dir": str(result.output_dir), **summary, "logrank_p": result.logrank_p}))
+    print(json.dumps({"output_dir": str(result.output_dir), **result.summary(), "logrank_p": result.logrank_p}))
     return 0
 
 

@@ -17,13 +17,25 @@ from tqdm.auto import tqdm
 
 from .data import BagDataset, collate_bags
 from .losses import cox_partial_nll, discrete_time_nll, hazards_to_risk
+from .metrics import validation_metric
 from .models import MILModel
 
-__all__ = ["BALANCING", "FitOptions", "FitResult", "fit_model", "outputs_to_predictions", "predict_outputs"]
+__all__ = [
+    "BALANCING",
+    "SELECTIONS",
+    "FitOptions",
+    "FitResult",
+    "fit_model",
+    "outputs_to_predictions",
+    "predict_outputs",
+]
 
 logger = logging.getLogger(__name__)
 
 BALANCING = ("weights", "sampler", "none")
+#: How the epoch whose weights are kept is chosen: lowest validation loss, best validation metric (c-index or
+#: AUROC), or the last epoch.
+SELECTIONS = ("loss", "metric", "last")
 
 
 @dataclass
@@ -31,7 +43,9 @@ class FitOptions:
     """How one model is trained. ``batch_size`` cases make one optimiser step (the Cox loss compares them).
 
     ``balance`` (classification): ``weights`` = loss weights inverse to class frequency, ``sampler`` = draw
-    cases with those weights, ``none``. ``patience``: epochs without a lower validation loss before stopping.
+    cases with those weights, ``none``. ``select`` (:data:`SELECTIONS`): which epoch's weights are kept;
+    ``patience``: epochs without a better validation score before stopping (0 = never).
+    ``uncensored_weight``: the discrete-time loss's weight on events (see :func:`discrete_time_nll`).
     """
 
     epochs: int = 40
@@ -41,6 +55,8 @@ class FitOptions:
     weight_decay: float = 1e-4
     balance: str = "weights"
     survival_loss: str = "nll"
+    uncensored_weight: float = 0.0
+    select: str = "loss"
     max_grad_norm: float | None = 5.0
     num_workers: int = 0
     precision: str = "fp32"
@@ -53,6 +69,7 @@ class FitResult:
     model: MILModel
     best_epoch: int
     best_val_loss: float | None
+    best_val_metric: float | None = None
     history: list[dict] = field(default_factory=list)
 
 
@@ -71,7 +88,7 @@ def _forward(model: MILModel, batch: list[dict]) -> torch.Tensor:
 
 
 def _loss(
-    outputs: torch.Tensor, batch: list[dict], task: str, survival_loss: str, class_weights, bin_edges
+    outputs: torch.Tensor, batch: list[dict], task: str, options: FitOptions, class_weights, bin_edges
 ) -> torch.Tensor:
     device = outputs.device
     if task == "classification":
@@ -79,10 +96,10 @@ def _loss(
         return F.cross_entropy(outputs, labels, weight=class_weights)
     times = torch.tensor([b["time"] for b in batch], dtype=torch.float64, device=device)
     events = torch.tensor([b["event"] for b in batch], device=device)
-    if survival_loss == "cox":
+    if options.survival_loss == "cox":
         return cox_partial_nll(outputs[:, 0], times, events)
     bins = torch.bucketize(times, bin_edges.to(device, torch.float64), right=True)
-    return discrete_time_nll(outputs, bins, events)
+    return discrete_time_nll(outputs, bins, events, options.uncensored_weight)
 
 
 def _class_weights(dataset: BagDataset, indices: np.ndarray, n_classes: int) -> np.ndarray:
@@ -136,7 +153,7 @@ def fit_model(
         generator=torch.Generator().manual_seed(options.seed),
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    best_state, best_loss, best_epoch, stale = None, math.inf, 0, 0
+    best_state, best, best_epoch, stale = None, {"score": -math.inf}, 0, 0  # best: the selected epoch's entry
     history = []
     for epoch in range(1, options.epochs + 1):
         model.train()
@@ -147,7 +164,7 @@ def fit_model(
             waited += ready - start
             with _autocast(options.precision, device):
                 outputs = _forward(model, batch)
-            loss = _loss(outputs, batch, task, options.survival_loss, class_weights, edges)
+            loss = _loss(outputs, batch, task, options, class_weights, edges)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if options.max_grad_norm:
@@ -159,29 +176,41 @@ def fit_model(
             computed += start - ready
         entry = {"epoch": epoch, "train_loss": total / max(seen, 1), "data_s": waited, "compute_s": computed}
         if len(val_indices):
-            outputs = predict_outputs(model, dataset, val_indices, options.batch_size, options.num_workers)
-            batch = [
-                {"label": c.label, "time": c.time, "event": c.event} for c in dataset.cohort.subset(val_indices).cases
-            ]
-            val_loss = _loss(torch.as_tensor(outputs), batch, task, options.survival_loss, None, edges).item()
-            entry["val_loss"] = val_loss
-            if val_loss < best_loss - 1e-6:
-                best_state, best_loss, best_epoch, stale = copy.deepcopy(model.state_dict()), val_loss, epoch, 0
+            entry.update(_validate(model, dataset, val_indices, options, edges))
+            score = _score(entry, options.select)
+            if options.select == "last" or score > best["score"] + 1e-6:
+                best = {**entry, "score": score}
+                best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), epoch, 0
             else:
                 stale += 1
         history.append(entry)
         logger.debug("epoch %d: %s", epoch, entry)
         if len(val_indices) and options.patience and stale >= options.patience:
-            logger.info(
-                "early stop after epoch %d (best validation loss %.4f at epoch %d)", epoch, best_loss, best_epoch
-            )
+            logger.info("early stop after epoch %d (best validation %s at epoch %d)", epoch, options.select, best_epoch)
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
         best_epoch = history[-1]["epoch"]
     model.eval()
-    return FitResult(model, best_epoch, best_loss if best_state is not None else None, history)
+    return FitResult(model, best_epoch, best.get("val_loss"), best.get("val_metric"), history)
+
+
+def _validate(model: MILModel, dataset: BagDataset, indices: np.ndarray, options: FitOptions, edges) -> dict:
+    """The validation loss and metric (c-index or AUROC) of ``model`` on the cases at ``indices``."""
+    task = dataset.cohort.task
+    outputs = predict_outputs(model, dataset, indices, options.batch_size, options.num_workers)
+    cases = dataset.cohort.subset(indices).cases
+    batch = [{"label": c.label, "time": c.time, "event": c.event} for c in cases]
+    loss = _loss(torch.as_tensor(outputs), batch, task, options, None, edges).item()
+    targets = [c.label for c in cases] if task == "classification" else [(c.time, c.event) for c in cases]
+    metric = validation_metric(task, targets, outputs_to_predictions(outputs, task, options.survival_loss))
+    return {"val_loss": loss, "val_metric": metric}
+
+
+def _score(entry: dict, select: str) -> float:
+    """What selects epochs (higher is better): the metric, or minus the loss (also where the metric is NaN)."""
+    return entry["val_metric"] if select == "metric" and not math.isnan(entry["val_metric"]) else -entry["val_loss"]
 
 
 @torch.no_grad()  # not inference_mode: bags cached here are trained on later

@@ -33,12 +33,15 @@ def event_time_bins(times: np.ndarray, events: np.ndarray, n_bins: int) -> np.nd
     return np.unique(edges)
 
 
-def discrete_time_nll(logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+def discrete_time_nll(
+    logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor, uncensored_weight: float = 0.0
+) -> torch.Tensor:
     """Negative log-likelihood of a discrete-time hazard model, mean over cases.
 
     ``logits`` (B, K): hazard logits per bin, ``h_k = sigmoid(logit_k)``; ``S_k = prod_{j<=k} (1 - h_j)``.
     An event in bin k contributes ``-log S_{k-1} - log h_k``; a case censored in bin k ``-log S_k`` (it
-    survived bin k).
+    survived bin k). ``uncensored_weight`` (``alpha`` of PORPOISE / MCAT): the loss is
+    ``(1 - alpha) * all terms + alpha * the events' terms``, so a censored case counts ``1 - alpha``.
     """
     log_h = F.logsigmoid(logits)
     log_1mh = F.logsigmoid(-logits)
@@ -48,7 +51,7 @@ def discrete_time_nll(logits: torch.Tensor, bins: torch.Tensor, events: torch.Te
     event = events.float()
     uncensored = -(log_s_prev.gather(1, k) + log_h.gather(1, k)).squeeze(1)
     censored = -log_s.gather(1, k).squeeze(1)
-    return (event * uncensored + (1 - event) * censored).mean()
+    return (event * uncensored + (1 - uncensored_weight) * (1 - event) * censored).mean()
 
 
 def survival_curve(logits: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Slide-level models: a bag aggregator (gated ABMIL, mean pooling, a transformer), report fusion and a head.
 
 An aggregator maps one bag ``(N, D)`` to a slide embedding ``(H,)`` and per-patch weights ``(N,)`` that sum
-to one (the attention drawn on heatmaps; uniform for mean pooling).
+to one (the attention drawn on heatmaps; uniform for mean pooling). ``linear`` is the baseline: the bag's
+mean feature, standardised, straight into the head (no hidden layer; fitted by :mod:`musk.mil.baseline`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["AGGREGATORS", "FUSIONS", "ABMIL", "MILModel", "MeanPool", "TransformerMIL", "build_aggregator"]
+__all__ = [
+    "AGGREGATORS",
+    "FUSIONS",
+    "ABMIL",
+    "MILModel",
+    "MeanFeatures",
+    "MeanPool",
+    "Standardise",
+    "TransformerMIL",
+    "build_aggregator",
+]
 
-AGGREGATORS = ("abmil", "mean", "transmil")
+AGGREGATORS = ("abmil", "mean", "transmil", "linear")
 #: ``none`` = slide only, ``text_only`` = report only, ``concat`` / ``gated`` = both.
 FUSIONS = ("none", "concat", "gated", "text_only")
 
@@ -49,6 +60,31 @@ class MeanPool(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.embed(x)
         return h.mean(0), torch.full((len(x),), 1.0 / len(x), device=x.device)
+
+
+class Standardise(nn.Module):
+    """``(x - mean) / scale`` with fixed (fitted, saved) ``mean`` and ``scale``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
+class MeanFeatures(nn.Module):
+    """The linear baseline's aggregator: the bag's mean feature, standardised; every patch counts the same."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.standardise = Standardise(in_dim)
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.standardise(x.mean(0)), torch.full((len(x),), 1.0 / len(x), device=x.device)
 
 
 class _Block(nn.Module):
@@ -99,6 +135,8 @@ def build_aggregator(name: str, in_dim: int, hidden: int, dropout: float) -> nn.
         return MeanPool(in_dim, hidden, dropout)
     if name == "transmil":
         return TransformerMIL(in_dim, hidden, dropout=min(dropout, 0.1))
+    if name == "linear":
+        return MeanFeatures(in_dim)
     raise ValueError(f"model must be one of {AGGREGATORS}, got {name!r}")
 
 
@@ -106,7 +144,8 @@ class MILModel(nn.Module):
     """Aggregator + optional report fusion + linear head; ``forward`` takes one case at a time.
 
     ``fusion``: ``none`` (slide only), ``text_only``, ``concat`` (slide and projected report side by side) or
-    ``gated`` (a learned per-dimension gate mixes the two: ``g * slide + (1 - g) * report``).
+    ``gated`` (a learned per-dimension gate mixes the two: ``g * slide + (1 - g) * report``). The ``linear``
+    model reads the standardised mean feature and report vector side by side (``gated`` is not linear: refused).
     """
 
     def __init__(
@@ -126,12 +165,20 @@ class MILModel(nn.Module):
             raise ValueError(f"fusion {fusion!r} uses the slides: give feature_dim")
         if fusion != "none" and not text_dim:
             raise ValueError(f"fusion {fusion!r} uses the reports: give text_dim (the report embedding width)")
+        if model == "linear" and fusion == "gated":
+            raise ValueError("the linear model reads slides and reports side by side: use fusion 'concat', not 'gated'")
         self.fusion = fusion
         self.aggregator = None if fusion == "text_only" else build_aggregator(model, feature_dim, hidden, dropout)
-        self.text_proj = None if fusion == "none" else _embed(text_dim, hidden, dropout)
+        self.text_proj = None
+        if fusion != "none":
+            self.text_proj = Standardise(text_dim) if model == "linear" else _embed(text_dim, hidden, dropout)
         if fusion == "gated":
             self.gate = nn.Linear(2 * hidden, hidden)
-        self.head = nn.Linear(2 * hidden if fusion == "concat" else hidden, out_dim)
+        if model == "linear":
+            width = sum(m.out_dim for m in (self.aggregator, self.text_proj) if m is not None)
+        else:
+            width = 2 * hidden if fusion == "concat" else hidden
+        self.head = nn.Linear(width, out_dim)
 
     def forward(
         self, features: torch.Tensor | None = None, text: torch.Tensor | None = None

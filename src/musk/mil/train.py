@@ -32,7 +32,9 @@ from ..files import atomic_path, write_json
 from ..models.factory import DEFAULT_MODEL
 from ..provenance import provenance
 from ..runtime import resolve_device
-from .fit import BALANCING, FitOptions, fit_model, outputs_to_predictions, predict_outputs
+from .baseline import fit_linear, linear_model
+from .chance import learning_report
+from .fit import BALANCING, SELECTIONS, FitOptions, FitResult, fit_model, outputs_to_predictions, predict_outputs
 from .inputs import MILInputs, TextEncoderSpec, load_inputs
 from .km import median_split, plot_kaplan_meier
 from .losses import SURVIVAL_LOSSES, event_time_bins
@@ -56,6 +58,8 @@ _TYPES = {
     "list[str]": (list, "a list of names"),
 }
 _RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags")
+#: What is reported beside the models without changing them (a finished fold is reused when they change).
+_REPORT_FIELDS = ("baseline",)
 
 
 @dataclass
@@ -67,6 +71,8 @@ class MILTrainConfig:
     text encoder ``text_model`` / ``text_weights``; or precomputed ``report_embeddings`` (.npz).
     ``survival_loss``: ``nll`` (discrete time over ``n_bins`` bins at event-time quantiles) or ``cox``.
     ``val_fraction`` of each fold's training cases is held out for early stopping.
+    ``model="linear"`` is the linear baseline (:mod:`musk.mil.baseline`; fitted on all of a fold's training
+    cases); ``baseline`` reports it beside the model, in the same folds.
     """
 
     manifest: str | None = None
@@ -84,6 +90,8 @@ class MILTrainConfig:
     classes: list[str] | None = None
     survival_loss: str = "nll"
     n_bins: int = 4
+    uncensored_weight: float = 0.0
+    select: str = "loss"
     folds: int = 5
     val_fraction: float = 0.2
     epochs: int = 40
@@ -99,6 +107,7 @@ class MILTrainConfig:
     precision: str = "fp32"
     num_workers: int = 0
     seed: int = 0
+    baseline: bool = False
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -109,6 +118,7 @@ class MILTrainConfig:
             ("fusion", FUSIONS),
             ("survival_loss", SURVIVAL_LOSSES),
             ("balance", BALANCING),
+            ("select", SELECTIONS),
             ("precision", ("fp32", "bf16", "fp16")),
         ):
             if getattr(self, name) not in allowed:
@@ -118,6 +128,16 @@ class MILTrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.model == "linear" and self.fusion == "gated":
+            raise ValueError("the linear model reads slides and reports side by side: use fusion 'concat', not 'gated'")
+
+    @property
+    def survival_output(self) -> str | None:
+        """What a survival model's outputs are: ``nll`` (hazard logits per bin) or ``cox`` (one log-risk, as the
+        linear model's ridge Cox gives); None for classification."""
+        if self.task != "survival":
+            return None
+        return "cox" if self.model == "linear" else self.survival_loss
 
     def _check_types(self) -> None:
         """Values of the declared types (a YAML ``folds: "5"`` is a string); paths may be ``os.PathLike``."""
@@ -143,7 +163,8 @@ class MILTrainConfig:
     def run_key(self, cohort: Cohort, text: np.ndarray | None = None) -> str:
         """Hash of the settings that change the models (not where or how fast they run) and of what they are
         trained on: the cohort's case and slide ids and targets, and the report vectors (not the manifest's path)."""
-        settings = {k: v for k, v in asdict(self).items() if k not in (*_RUNTIME_FIELDS, "manifest")}
+        skipped = (*_RUNTIME_FIELDS, *_REPORT_FIELDS, "manifest")
+        settings = {k: v for k, v in asdict(self).items() if k not in skipped}
         settings["cohort"] = [
             [c.case_id, c.slide_ids, None if c.label is None else cohort.classes[c.label], c.time, c.event]
             for c in cohort.cases
@@ -161,6 +182,17 @@ class MILTrainResult:
     predictions: Path
     logrank_p: float | None = None
     history: list[list[dict]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Mean and std per metric, whether the model learned and, when run, the baseline's means and stds."""
+        out = {name: {"mean": m["mean"], "std": m["std"]} for name, m in self.results.items() if "mean" in m}
+        out["learned"] = self.results["learned"]["learned"]
+        if "baseline" in self.results:
+            baseline = self.results["baseline"]
+            out["baseline"] = {
+                name: {"mean": m["mean"], "std": m["std"]} for name, m in baseline.items() if name != "model"
+            }
+        return out
 
 
 def prediction_rows(cohort: Cohort, indices, predictions: np.ndarray, fold: int | None) -> list[dict]:
@@ -214,7 +246,7 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
         "fusion": config.fusion,
         "hidden": config.hidden,
         "dropout": config.dropout,
-        "survival_loss": config.survival_loss if config.task == "survival" else None,
+        "survival_loss": config.survival_output,
         "bin_edges": None if bin_edges is None else [float(x) for x in bin_edges],
         "text_encoder": None
         if config.fusion == "none"
@@ -236,6 +268,7 @@ def _reuse_fold(fold_dir: Path, run_key: str, test_ids: list[str]) -> dict | Non
             "metrics": json.loads((fold_dir / "metrics.json").read_text()),
             "rows": json.loads((fold_dir / "predictions.json").read_text()),
             "history": json.loads((fold_dir / "history.json").read_text()),
+            "selection": json.loads((fold_dir / "selection.json").read_text()),
         }
         if split.get("test") != test_ids or [r["case_id"] for r in reused["rows"]] != test_ids:
             logger.warning("%s: its test cases are not this fold's; training it again", fold_dir)
@@ -255,6 +288,56 @@ def _remove_other_folds(output_dir: Path, folds: int) -> None:
         if path.is_dir() and index is not None and index >= folds:
             logger.warning("removing %s: left by an earlier run with more folds", path)
             shutil.rmtree(path)
+
+
+def _fit_fold(
+    config: MILTrainConfig, inputs: MILInputs, fit, val, options: FitOptions, device
+) -> tuple[FitResult, np.ndarray | None, dict]:
+    """One fold's model, its survival bin edges (None unless discrete-time) and how it was selected
+    (``selection.json``): the linear model fitted on ``fit``, or a slide-level model trained on ``fit`` and
+    selected on ``val``."""
+    cohort = inputs.cohort
+    if config.model == "linear":
+        linear = fit_linear(inputs.dataset, fit, options.seed)
+        model = linear_model(linear, inputs.feature_dim, inputs.text_dim, config.fusion)
+        selection = {"select": "inner cross-validation", "penalty": linear.penalty, "val_metric": None}
+        return FitResult(model.to(device), 0, None), None, selection
+    bin_edges = None
+    if cohort.task == "classification":
+        out_dim = len(cohort.classes)
+    elif config.survival_loss == "cox":
+        out_dim = 1
+    else:
+        fit_cases = cohort.subset(fit).cases
+        bin_edges = event_time_bins([c.time for c in fit_cases], [c.event for c in fit_cases], config.n_bins)
+        out_dim = len(bin_edges) + 1
+    model = MILModel(
+        out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout
+    )
+    result = fit_model(model.to(device), inputs.dataset, fit, val, options, bin_edges)
+    selection = {
+        "select": config.select,
+        "epoch": result.best_epoch,
+        "val_loss": result.best_val_loss,
+        "val_metric": result.best_val_metric,
+    }
+    return result, bin_edges, selection
+
+
+def _baseline_results(config: MILTrainConfig, inputs: MILInputs, folds, device) -> dict:
+    """The linear baseline's metrics in the run's folds (fitted on each fold's training cases, tested on its test
+    cases): ``{"model": "linear", metric: {"folds", "mean", "std"}, ...}``."""
+    cohort = inputs.cohort
+    per_fold = []
+    for k, (train, test) in enumerate(folds):
+        linear = fit_linear(inputs.dataset, train, config.seed + k)
+        model = linear_model(linear, inputs.feature_dim, inputs.text_dim, config.fusion).to(device)
+        outputs = predict_outputs(model, inputs.dataset, test, config.batch_size, config.num_workers)
+        per_fold.append(_fold_metrics(cohort, test, train, outputs_to_predictions(outputs, cohort.task, "cox")))
+    names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
+    results = summarize(per_fold, names)
+    logger.info("linear baseline: %s", {n: round(m["mean"], 4) for n, m in results.items()})
+    return {"model": "linear", **results}
 
 
 def train_mil(config: MILTrainConfig) -> MILTrainResult:
@@ -288,6 +371,8 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         weight_decay=config.weight_decay,
         balance=config.balance,
         survival_loss=config.survival_loss,
+        uncensored_weight=config.uncensored_weight,
+        select=config.select,
         num_workers=config.num_workers,
         precision=config.precision,
         progress=config.progress,
@@ -295,7 +380,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
     run_key = config.run_key(cohort, None if dataset.text is None else dataset.text.numpy())
     _remove_other_folds(output_dir, config.folds)
     names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
-    per_fold, rows, histories = [], [], []
+    per_fold, rows, histories, selections = [], [], [], []
     for k, (train, test) in enumerate(folds):
         fold_dir = output_dir / f"fold_{k}"
         reused = _reuse_fold(fold_dir, run_key, cohort.subset(test).case_ids)
@@ -304,32 +389,24 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
             per_fold.append(reused["metrics"])
             rows.extend(reused["rows"])
             histories.append(reused["history"])
+            selections.append(reused["selection"])
             continue
-        fit, val = validation_split(cohort, train, config.val_fraction, config.seed + k)
+        val_fraction = 0.0 if config.model == "linear" else config.val_fraction  # it tunes itself inside `fit`
+        fit, val = validation_split(cohort, train, val_fraction, config.seed + k)
         np.random.seed(config.seed + k)
         torch.manual_seed(config.seed + k)
         options.seed = config.seed + k
-        bin_edges = None
-        if cohort.task == "classification":
-            out_dim = len(cohort.classes)
-        elif config.survival_loss == "cox":
-            out_dim = 1
-        else:
-            fit_cases = cohort.subset(fit).cases
-            bin_edges = event_time_bins([c.time for c in fit_cases], [c.event for c in fit_cases], config.n_bins)
-            out_dim = len(bin_edges) + 1
-        model = MILModel(
-            out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout
-        )
-        result = fit_model(model.to(device), dataset, fit, val, options, bin_edges)
+        result, bin_edges, selection = _fit_fold(config, inputs, fit, val, options, device)
+        out_dim = result.model.head.out_features
         outputs = predict_outputs(result.model, dataset, test, config.batch_size, config.num_workers)
-        predictions = outputs_to_predictions(outputs, cohort.task, config.survival_loss)
+        predictions = outputs_to_predictions(outputs, cohort.task, config.survival_output)
         metrics = _fold_metrics(cohort, test, train, predictions)
         fold_rows = prediction_rows(cohort, test, predictions, k)
         logger.info("fold %d: %s (best epoch %d)", k, {n: round(metrics[n], 4) for n in names}, result.best_epoch)
         extra = {
             "history.json": result.history,
             "metrics.json": metrics,
+            "selection.json": selection,
             "predictions.json": fold_rows,
             "split.json": {
                 name: cohort.subset(idx).case_ids for name, idx in (("fit", fit), ("val", val), ("test", test))
@@ -339,6 +416,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         per_fold.append(metrics)
         rows.extend(fold_rows)
         histories.append(result.history)
+        selections.append(selection)
 
     order = {c: i for i, c in enumerate(cohort.case_ids)}
     rows.sort(key=lambda r: order[r["case_id"]])
@@ -353,6 +431,9 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         )
     predictions_path = write_predictions_csv(output_dir / "predictions.csv", rows)
     results = summarize(per_fold, names)
+    results["learned"] = learning_report(names[0], [s["val_metric"] for s in selections], results[names[0]]["mean"])
+    if config.baseline and config.model != "linear":
+        results["baseline"] = _baseline_results(config, inputs, folds, device)
     write_json(output_dir / "results.json", results)
     record = provenance({k: v for k, v in asdict(config).items() if k != "progress"})
     record.update({"n_cases": len(cohort), "classes": cohort.classes, "logrank_p": logrank, "results": results})
