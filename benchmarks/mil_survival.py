@@ -65,12 +65,12 @@ def run_once(cohort: Path, out: Path, settings: dict, fraction: np.ndarray) -> d
     predictions = pd.read_csv(result.predictions)
     share = fraction[predictions.case_id.str.removeprefix("case").astype(int)]
     selected = [json.loads((out / f"fold_{k}" / "selection.json").read_text()) for k in range(len(result.per_fold))]
-    learned = result.results.get("learned", {}).get("folds", [True] * len(result.per_fold))
+    learned = result.results["learned"]["folds"]  # None: not judged (no validation cases)
     return {
         "c_index": result.results["c_index"]["mean"],
         "spearman": float(spearmanr(predictions.risk, share)[0]),
         "epochs": [s.get("epoch", 0) for s in selected],
-        "not_learned": len(learned) - sum(learned),
+        "not_learned": sum(ok is False for ok in learned),
         "seconds": time.perf_counter() - start,
     }
 

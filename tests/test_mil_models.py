@@ -102,3 +102,39 @@ def test_attention_file_and_overlay(tmp_path):
     top_right, top_left = pixels[10, 48], pixels[10, 10]
     assert top_right[0] > 100 and top_right[1] < 30 and top_right[2] < 30  # highest: red end of the map
     assert top_left[2] > 100 and top_left[0] < 30 and top_left[1] < 30  # lowest: blue end
+
+
+def test_proportional_hazards_share_one_risk_and_survive_saving(tmp_path):
+    from musk.mil.losses import hazards_to_risk
+
+    torch.manual_seed(0)
+    model = MILModel(4, feature_dim=12, hidden=8, proportional=True).eval()
+    model.set_output_bias(torch.tensor([-2.0, -1.0, 0.0, 1.0]))
+    bags = [torch.randn(n, 12) for n in (5, 9, 14)]
+    logits = torch.stack([model(x)[0] for x in bags])
+    assert logits.shape == (3, 4)
+    eta = logits[:, 0] + 2.0  # every bin's logit is one risk score plus the bin's intercept
+    torch.testing.assert_close(logits, eta[:, None] + torch.tensor([-2.0, -1.0, 0.0, 1.0]))
+    order = torch.argsort(eta)
+    assert torch.equal(torch.argsort(hazards_to_risk(logits)), order)  # the risk ranks cases as eta does
+    config = {"task": "survival", "classes": [], "out_dim": 4, "feature_dim": 12, "text_dim": None, "model": "abmil"}
+    config |= {"fusion": "none", "hidden": 8, "dropout": 0.25, "survival_loss": "nll", "proportional": True}
+    save_mil_model(model, tmp_path, config)
+    loaded = load_mil_models(tmp_path)[0].model
+    torch.testing.assert_close(torch.stack([loaded(x)[0] for x in bags]), logits)
+
+
+def test_linear_model_is_standardised_mean_features_and_refuses_gated_fusion():
+    model = MILModel(1, feature_dim=3, text_dim=2, model="linear", fusion="concat").eval()
+    with torch.no_grad():
+        model.aggregator.standardise.mean.copy_(torch.tensor([1.0, 0.0, 0.0]))
+        model.aggregator.standardise.scale.copy_(torch.tensor([2.0, 1.0, 1.0]))
+        model.head.weight.copy_(torch.tensor([[1.0, 2.0, 0.0, 0.5, 0.0]]))
+        model.head.bias.fill_(0.25)
+    x, text = torch.tensor([[3.0, 1.0, 5.0], [5.0, 3.0, -5.0]]), torch.tensor([2.0, 7.0])
+    out, weights = model(x, text)
+    # mean feature (4, 2, 0), standardised (1.5, 2, 0); report (2, 7)
+    assert out.item() == pytest.approx(1.5 + 2 * 2 + 0.5 * 2 + 0.25)
+    assert weights.tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="use fusion 'concat', not 'gated'"):
+        MILModel(1, feature_dim=3, text_dim=2, model="linear", fusion="gated")

@@ -230,7 +230,7 @@ def predict_outputs(
     )
     outputs = [_forward(model, batch).cpu().numpy() for batch in loader]
     model.train(was_training)
-    return np.concatenate(outputs) if outputs else np.zeros((0, model.head.out_features), np.float32)
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.out_dim), np.float32)
 
 
 def outputs_to_predictions(outputs: np.ndarray, task: str, survival_loss: str = "nll") -> np.ndarray:

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "HAZARDS",
     "SURVIVAL_LOSSES",
+    "bin_hazard_logits",
     "cox_partial_nll",
     "discrete_time_nll",
     "event_time_bins",
@@ -19,6 +21,9 @@ __all__ = [
 ]
 
 SURVIVAL_LOSSES = ("nll", "cox")
+#: How the discrete-time model's bins share the case's features: one risk score plus an intercept per bin
+#: (``proportional``), or a free logit per bin (``independent``, as in PORPOISE / MCAT).
+HAZARDS = ("proportional", "independent")
 
 
 def event_time_bins(times: np.ndarray, events: np.ndarray, n_bins: int) -> np.ndarray:
@@ -31,6 +36,17 @@ def event_time_bins(times: np.ndarray, events: np.ndarray, n_bins: int) -> np.nd
         observed = np.asarray(times, dtype=np.float64)
     edges = np.quantile(observed, np.linspace(0, 1, n_bins + 1)[1:-1])
     return np.unique(edges)
+
+
+def bin_hazard_logits(times: np.ndarray, events: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Log-odds of each bin's hazard in these cases (events in bin k / cases reaching it, kept within
+    [0.01, 0.99]): where the discrete-time model's intercepts start, so that training moves the risk, not them."""
+    bins = np.searchsorted(np.asarray(edges), np.asarray(times, dtype=np.float64), side="right")  # as in training
+    events = np.asarray(events)
+    reached = np.array([(bins >= k).sum() for k in range(len(edges) + 1)])
+    happened = np.bincount(bins[events == 1], minlength=len(edges) + 1)
+    hazard = np.clip(happened / np.maximum(reached, 1), 0.01, 0.99)
+    return np.log(hazard / (1 - hazard))
 
 
 def discrete_time_nll(

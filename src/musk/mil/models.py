@@ -146,6 +146,8 @@ class MILModel(nn.Module):
     ``fusion``: ``none`` (slide only), ``text_only``, ``concat`` (slide and projected report side by side) or
     ``gated`` (a learned per-dimension gate mixes the two: ``g * slide + (1 - g) * report``). The ``linear``
     model reads the standardised mean feature and report vector side by side (``gated`` is not linear: refused).
+    ``proportional``: the ``out_dim`` outputs are discrete-time hazard logits that share one risk score,
+    ``logit_k = eta + b_k`` (proportional odds: the head gives ``eta``, ``b`` holds one intercept per bin).
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class MILModel(nn.Module):
         fusion: str = "none",
         hidden: int = 256,
         dropout: float = 0.25,
+        proportional: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -178,7 +181,15 @@ class MILModel(nn.Module):
             width = sum(m.out_dim for m in (self.aggregator, self.text_proj) if m is not None)
         else:
             width = 2 * hidden if fusion == "concat" else hidden
-        self.head = nn.Linear(width, out_dim)
+        self.out_dim = out_dim
+        self.head = nn.Linear(width, 1 if proportional else out_dim, bias=not proportional)
+        self.bin_bias = nn.Parameter(torch.zeros(out_dim)) if proportional else None
+
+    @torch.no_grad()
+    def set_output_bias(self, values: torch.Tensor) -> None:
+        """Start the outputs' intercepts (the bins' ``b_k``, or the head's bias) at ``values`` (out_dim,)."""
+        bias = self.bin_bias if self.bin_bias is not None else self.head.bias
+        bias.copy_(torch.as_tensor(values, dtype=bias.dtype))
 
     def forward(
         self, features: torch.Tensor | None = None, text: torch.Tensor | None = None
@@ -202,4 +213,5 @@ class MILModel(nn.Module):
         else:
             gate = torch.sigmoid(self.gate(torch.cat([slide, report])))
             joint = gate * slide + (1 - gate) * report
-        return self.head(joint), weights
+        out = self.head(joint)
+        return (out if self.bin_bias is None else out + self.bin_bias), weights

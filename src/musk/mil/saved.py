@@ -94,7 +94,7 @@ def _load_one(directory: Path, device: torch.device | str) -> SavedMIL:
     if missing:
         raise _damaged(directory, f"its {CONFIG_FILENAME} lacks {', '.join(missing)}")
     try:
-        model = MILModel(**{k: config[k] for k in _ARCH_KEYS})
+        model = MILModel(**{k: config[k] for k in _ARCH_KEYS}, proportional=bool(config.get("proportional")))
         state = load_file(str(directory / WEIGHTS_FILENAME))
     except (TypeError, ValueError, OSError, SafetensorError) as e:
         raise _damaged(directory, f"its {WEIGHTS_FILENAME} or {CONFIG_FILENAME} cannot be used ({e})") from e

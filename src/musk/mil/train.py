@@ -37,7 +37,7 @@ from .chance import learning_report
 from .fit import BALANCING, SELECTIONS, FitOptions, FitResult, fit_model, outputs_to_predictions, predict_outputs
 from .inputs import MILInputs, TextEncoderSpec, load_inputs
 from .km import median_split, plot_kaplan_meier
-from .losses import SURVIVAL_LOSSES, event_time_bins
+from .losses import HAZARDS, SURVIVAL_LOSSES, bin_hazard_logits, event_time_bins
 from .manifest import TASKS, Cohort
 from .metrics import CLASSIFICATION_METRICS, SURVIVAL_METRICS, classification_metrics, summarize, survival_metrics
 from .models import AGGREGATORS, FUSIONS, MILModel
@@ -90,6 +90,7 @@ class MILTrainConfig:
     classes: list[str] | None = None
     survival_loss: str = "nll"
     n_bins: int = 4
+    hazards: str = "proportional"
     uncensored_weight: float = 0.0
     select: str = "loss"
     folds: int = 5
@@ -117,6 +118,7 @@ class MILTrainConfig:
             ("model", AGGREGATORS),
             ("fusion", FUSIONS),
             ("survival_loss", SURVIVAL_LOSSES),
+            ("hazards", HAZARDS),
             ("balance", BALANCING),
             ("select", SELECTIONS),
             ("precision", ("fp32", "bf16", "fp16")),
@@ -248,6 +250,7 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
         "dropout": config.dropout,
         "survival_loss": config.survival_output,
         "bin_edges": None if bin_edges is None else [float(x) for x in bin_edges],
+        "proportional": config.survival_output == "nll" and config.hazards == "proportional",
         "text_encoder": None
         if config.fusion == "none"
         else {"model": config.text_model, "weights": config.text_weights, "max_tokens": 100},
@@ -302,18 +305,22 @@ def _fit_fold(
         model = linear_model(linear, inputs.feature_dim, inputs.text_dim, config.fusion)
         selection = {"select": "inner cross-validation", "penalty": linear.penalty, "val_metric": None}
         return FitResult(model.to(device), 0, None), None, selection
-    bin_edges = None
+    bin_edges, start = None, None
     if cohort.task == "classification":
         out_dim = len(cohort.classes)
     elif config.survival_loss == "cox":
         out_dim = 1
     else:
-        fit_cases = cohort.subset(fit).cases
-        bin_edges = event_time_bins([c.time for c in fit_cases], [c.event for c in fit_cases], config.n_bins)
-        out_dim = len(bin_edges) + 1
+        times, events = zip(*((c.time, c.event) for c in cohort.subset(fit).cases), strict=True)
+        bin_edges = event_time_bins(times, events, config.n_bins)
+        start, out_dim = bin_hazard_logits(times, events, bin_edges), len(bin_edges) + 1
+    proportional = config.survival_output == "nll" and config.hazards == "proportional"
     model = MILModel(
-        out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout
-    )
+        out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout,
+        proportional,
+    )  # fmt: skip
+    if start is not None:
+        model.set_output_bias(torch.as_tensor(start))
     result = fit_model(model.to(device), inputs.dataset, fit, val, options, bin_edges)
     selection = {
         "select": config.select,
@@ -397,7 +404,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         torch.manual_seed(config.seed + k)
         options.seed = config.seed + k
         result, bin_edges, selection = _fit_fold(config, inputs, fit, val, options, device)
-        out_dim = result.model.head.out_features
+        out_dim = result.model.out_dim
         outputs = predict_outputs(result.model, dataset, test, config.batch_size, config.num_workers)
         predictions = outputs_to_predictions(outputs, cohort.task, config.survival_output)
         metrics = _fold_metrics(cohort, test, train, predictions)
