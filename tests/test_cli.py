@@ -384,7 +384,7 @@ def no_model(monkeypatch):
         raise AssertionError("the model was built")
 
     for command in ("embed", "zeroshot"):
-        monkeypatch.setattr(f"musk.cli.{command}.model_from_args", refuse)
+        monkeypatch.setattr(f"musk.cli.{command}.loaded_from_args", refuse)
 
 
 @pytest.mark.parametrize("command", ["embed", "zeroshot"])
@@ -451,7 +451,7 @@ def test_ctrl_c_is_one_line_and_status_130(monkeypatch, tmp_path, images, weight
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("musk.cli.embed.embed_images", interrupted)
+    monkeypatch.setattr("musk.loaded.embed_images", interrupted)
     assert run("embed", images["grey"], "-o", tmp_path / "e.npz", *model_args(weights)) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "musk embed: interrupted"
