@@ -100,6 +100,24 @@ def test_prediction_cells_are_safe_for_spreadsheets(trained, tmp_path, capsys):
     assert written["question_type"] == "'+colour" and float(written["probability"]) > 0
 
 
+def test_evaluation_casts_the_weights_by_the_inference_rule(trained):
+    """``--precision`` of eval and ask is the inference rule: the weights (and the images given them) are cast;
+    the answers' probabilities come back as fp32, close to the fp32 model's."""
+    import torch
+
+    from musk.vqa import load_split, predict
+
+    data, out = trained
+    examples = load_split(data, "test")[:8]
+    fp32, bf16 = load_vqa_model(out, precision="fp32"), load_vqa_model(out, precision="bf16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    exact, cast = predict(fp32, examples), predict(bf16, examples)
+    assert cast.probabilities.dtype == torch.float32
+    torch.testing.assert_close(cast.probabilities, exact.probabilities, atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, bf16"):
+        load_vqa_model(out, precision="auto")
+
+
 def test_ask_on_the_real_demo_image(trained, demo_image, capsys):
     _, out = trained
     answers = answer_question(out / "best", demo_image, "what colour is the shape?", top_k=3)

@@ -181,6 +181,29 @@ def test_a_run_folder_runs_no_code_when_resumed(tmp_path, tokenizer_file, monkey
     assert not marker.exists()
 
 
+def test_local_weights_bring_their_tokenizer_and_fingerprint(tmp_path, tokenizer_file):
+    """The MUSK comes through musk.load: the weights file's tokenizer.spm is the question tokenizer (saved with
+    the model), and the provenance records the file's SHA-256; the model starts from those weights."""
+    import shutil
+
+    import musk
+    from musk.files import file_sha256
+    from weights_file import save_weights
+
+    start, folder = musk.create_model("musk_tiny_patch16_64"), tmp_path / "mine"
+    folder.mkdir()
+    weights = save_weights(start, folder / "tiny.safetensors")
+    shutil.copyfile(tokenizer_file, folder / "tokenizer.spm")
+    data = make_vqa_set(tmp_path / "data", {"train": 4, "validation": 2}, seed=4)
+    config = tiny_config(data, tmp_path / "out", tokenizer_file, weights=str(weights), tokenizer=None, epochs=1, lr=0.0)
+    result = train_vqa(config)
+    record = json.loads((result.best_dir / "provenance.json").read_text())["weights"]
+    assert record == {"path": str(weights), "sha256": file_sha256(weights)}
+    assert (result.best_dir / "tokenizer.spm").read_bytes() == tokenizer_file.read_bytes()
+    trained = load_vqa_model(result.best_dir).model.backbone.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in start.state_dict().items())  # lr 0: the weights as loaded
+
+
 def test_two_processes_under_accelerate_launch(tmp_path, tokenizer_file):
     """A real two-process run of `musk vqa train` under `accelerate launch` on CPU (gloo): both processes train
     on their share of the batches, the main one writes the model. (accelerate 1.x's `--cpu --num_processes 2`
