@@ -2,11 +2,11 @@
 random generators) plus the trainer's own in ``trainer_state.json`` (step, data positions, history, model
 selection), written into a temporary folder renamed into place when complete.
 
-The learning rate is a function of the step (:mod:`musk.training.schedule`), so a checkpoint holds tensors and
-JSON only. Before one is loaded, every file in it that would be unpickled is opened with ``weights_only=True``: a
-checkpoint with a file that holds anything but tensors and plain data (that is, code) is refused. Checkpoints of
-VQA runs written by earlier versions also hold a pickled scheduler (``custom_checkpoint_0.pkl``): it is never
-read.
+The learning rate is a function of the step (:mod:`musk.training.schedule`), so a checkpoint holds tensors,
+plain data and JSON, no scheduler object. Before one is loaded, every file in it that would be unpickled is
+opened with ``weights_only=True``: a checkpoint with a file that holds anything but tensors and plain data (that
+is, code) is refused. Checkpoints of VQA runs written by earlier versions also hold a pickled scheduler
+(``custom_checkpoint_0.pkl``): it is never read.
 """
 
 from __future__ import annotations
