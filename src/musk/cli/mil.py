@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from ..models import NO_WEIGHTS, PUBLISHED
 from ..runtime import PRECISIONS
 from .common import TOKENIZER_HELP, show_progress
+
+if TYPE_CHECKING:
+    from ..mil.predict import MILApplyConfig
 
 #: Parsed values that are not settings of a run.
 _NOT_SETTINGS = ("run", "command", "mil_command", "verbose", "config")
@@ -144,7 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_config(args: argparse.Namespace):
+def _apply_config(args: argparse.Namespace) -> MILApplyConfig:
     from ..mil.predict import MILApplyConfig
     from ..settings import setting_names
 
