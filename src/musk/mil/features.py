@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..wsi.h5 import PatchFile, read_patch_file
+from ..wsi.h5 import PatchFile, _h5py, _plain
 
 __all__ = ["MAX_PATCHES", "MAX_WIDTH", "FeatureShape", "available_memory", "check_feature_file", "read_feature_file"]
 
@@ -27,6 +29,8 @@ MAX_PATCHES = 4_000_000
 #: Features per patch (MUSK's multiscale features have 2,048).
 MAX_WIDTH = 65_536
 _FIX = "extract its features again with `musk wsi` or remove the slide"
+#: Reads smaller than this are not weighed against the memory available (reading /proc/meminfo costs more).
+_SMALL_READ = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,7 @@ def available_memory() -> int:
 
 def _stored_dataset(f, path: Path, name: str):
     """The dataset ``name`` of the open file ``f``, refused unless its data is stored in this file."""
-    import h5py
-
+    h5py = _h5py()
     link = f.get(name, getlink=True)
     if link is None:
         raise ValueError(f"{path} has no {name!r} dataset (it has: {', '.join(f.keys()) or 'nothing'}); {_FIX}")
@@ -85,7 +88,7 @@ def _check_features(path: Path, features) -> FeatureShape:
             f"patches and {MAX_WIDTH:,} features a slide file may have: it is damaged or not a feature file; {_FIX}"
         )
     needed = shape.patches * shape.width * (4 + features.dtype.itemsize)  # as stored, then as float32
-    if needed > available_memory():
+    if needed > _SMALL_READ and needed > available_memory():
         raise ValueError(
             f"{path}: reading its {shape.patches:,} x {shape.width:,} features needs {needed / 2**30:.1f} GiB, "
             f"more than the {available_memory() / 2**30:.1f} GiB of memory available; free memory or use a "
@@ -101,10 +104,9 @@ def _check_coords(path: Path, coords, patches: int) -> None:
         raise ValueError(f"{path}: {coords.shape[0]:,} coords but {patches:,} feature rows: they must match; {_FIX}")
 
 
-def check_feature_file(path: str | os.PathLike) -> FeatureShape:
-    """The shape ``path`` declares, after the checks of this module (no data is read)."""
-    from ..wsi.h5 import _h5py
-
+@contextmanager
+def _checked(path: str | os.PathLike) -> Iterator[tuple[object, object, object, FeatureShape]]:
+    """The open file, its ``features`` and ``coords`` datasets and their shape, after the checks of this module."""
     h5py = _h5py()
     path = Path(path)
     if not path.is_file():
@@ -114,9 +116,17 @@ def check_feature_file(path: str | os.PathLike) -> FeatureShape:
     except OSError as e:
         raise ValueError(f"{path} is not a readable h5 file ({e}); {_FIX}") from e
     with f:
-        shape = _check_features(path, _stored_dataset(f, path, "features"))
-        _check_coords(path, _stored_dataset(f, path, "coords"), shape.patches)
-    return shape
+        features = _stored_dataset(f, path, "features")
+        shape = _check_features(path, features)
+        coords = _stored_dataset(f, path, "coords")
+        _check_coords(path, coords, shape.patches)
+        yield f, features, coords, shape
+
+
+def check_feature_file(path: str | os.PathLike) -> FeatureShape:
+    """The shape ``path`` declares, after the checks of this module (no data is read)."""
+    with _checked(path) as (_, _, _, shape):
+        return shape
 
 
 def finite_features(path: str | os.PathLike, features: np.ndarray) -> np.ndarray:
@@ -133,9 +143,8 @@ def finite_features(path: str | os.PathLike, features: np.ndarray) -> np.ndarray
 
 
 def read_feature_file(path: str | os.PathLike) -> PatchFile:
-    """``coords``, float32 ``features`` and the attributes of a checked feature file (NaN or infinite values
-    refused too: one such value makes every loss NaN)."""
-    check_feature_file(path)
-    patch_file = read_patch_file(path, arrays=("features",))
-    patch_file.arrays["features"] = finite_features(path, patch_file.features)
-    return patch_file
+    """``coords``, float32 ``features`` and the attributes of a feature file, read after the checks of this
+    module (NaN or infinite values refused too: one such value makes every loss NaN)."""
+    with _checked(path) as (f, features, coords, _):
+        values = finite_features(path, features[()])
+        return PatchFile(coords[()], {"features": values}, {k: _plain(v) for k, v in f.attrs.items()})
