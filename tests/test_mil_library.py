@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from mil_cohorts import classification_cohort
@@ -104,6 +105,10 @@ def test_cli_and_python_calls_write_the_same_files(cohort, tmp_path, capsys):
     assert cli.attrs == py.attrs
     png = _files(tmp_path / "maps_py")["slide001_0_attention.png"]
     assert _files(tmp_path / "maps_cli")["slide001_0_attention.png"] == png
+    with Image.open(tmp_path / "maps_py" / "slide001_0_attention.png") as drawn:
+        pixels = np.asarray(drawn.convert("RGB"))
+    corner = pixels[-pixels.shape[0] // 4 :, -pixels.shape[1] // 4 :]
+    assert (corner == 255).all(-1).any() and not (pixels[:, : pixels.shape[1] // 2] == 255).all(-1).any()  # the scale
 
 
 def test_heatmaps_close_the_slides_they_open(cohort, tmp_path, monkeypatch):

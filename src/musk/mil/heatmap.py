@@ -16,7 +16,7 @@ from PIL import Image
 from ..files import atomic_path, check_file_target, safe_filename
 from ..runtime import resolve_device
 from ..wsi.h5 import read_patch_file, write_patch_file
-from ..wsi.overlay import heatmap_overlay
+from ..wsi.overlay import add_colour_scale, heatmap_overlay
 from .features import read_feature_file
 from .saved import SavedMIL, load_mil_models
 
@@ -111,7 +111,8 @@ def _output_names(features: Sequence[Path]) -> list[str]:
 
 
 def _draw_on_slide(attention_file: Path, slide_file: Path, output: Path, thumbnail_size: int) -> Path:
-    """The attention of ``attention_file`` drawn on the thumbnail of ``slide_file``, saved as a PNG at ``output``."""
+    """The attention of ``attention_file`` drawn on the thumbnail of ``slide_file``, with its colour scale, saved
+    as a PNG at ``output``."""
     from ..wsi.readers import open_slide
 
     attention = read_patch_file(attention_file, arrays=("attention",))
@@ -121,6 +122,7 @@ def _draw_on_slide(attention_file: Path, slide_file: Path, output: Path, thumbna
     with open_slide(slide_file) as slide:
         thumbnail, dimensions = slide.thumbnail(thumbnail_size), slide.dimensions
     image = draw_attention(thumbnail, attention.coords, attention.arrays["attention"], size, dimensions)
+    image = add_colour_scale(image, (0.0, 1.0), label="attention rank")
     with atomic_path(output) as tmp:
         image.save(tmp, format="PNG")
     return output
