@@ -199,7 +199,7 @@ def test_reports_are_embedded_by_the_model_musk_load_gives(tmp_path, tokenizer_f
     encoder = musk.load("musk_tiny_patch16_64", weights="none", device="cpu", tokenizer=tokenizer_file, seed=0)
     expected = embed_reports([c.report for c in inputs.cohort.cases], encoder.model, encoder.tokenizer)
     np.testing.assert_array_equal(inputs.dataset.text.numpy(), expected)
-    with pytest.raises(ValueError, match="random initialisation is spelled --weights none"):
+    with pytest.raises(ValueError, match="random initialisation is spelled --text_weights none"):
         MILTrainConfig(text_weights="random")
     assert MILTrainConfig().text_weights == "published"
 

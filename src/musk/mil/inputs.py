@@ -18,9 +18,18 @@ from .manifest import Cohort, ManifestError, load_manifest, read_reports_dir
 from .models import FUSIONS
 from .reports import embed_reports, load_report_embeddings
 
-__all__ = ["MILInputs", "TextEncoderSpec", "load_inputs"]
+__all__ = ["MILInputs", "TextEncoderSpec", "load_inputs", "text_weights_option"]
 
 logger = logging.getLogger(__name__)
+
+
+def text_weights_option(value: str | None) -> str | None:
+    """A ``--text_weights`` value as :func:`musk.load` takes it (``none`` -> None: random weights); see
+    :func:`musk.models.weights.weights_option`."""
+    try:
+        return weights_option(value)
+    except ValueError as e:
+        raise ValueError(str(e).replace("--weights", "--text_weights")) from None
 
 
 @dataclass
@@ -36,7 +45,7 @@ class TextEncoderSpec:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        self.weights = weights_option(self.weights)
+        self.weights = text_weights_option(self.weights)
 
 
 @dataclass

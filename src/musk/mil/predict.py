@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from ..files import check_file_target, write_json
-from ..models.weights import weights_option
 from ..provenance import provenance
 from ..runtime import resolve_device, seed_everything
-from .inputs import TextEncoderSpec, load_inputs
+from .inputs import TextEncoderSpec, load_inputs, text_weights_option
 from .manifest import Cohort
 from .metrics import classification_metrics, survival_metrics
 from .results import prediction_rows, write_predictions_csv
@@ -69,7 +68,7 @@ def predict_mil(
     encoder = None
     if config.get("text_encoder"):
         spec = config["text_encoder"]
-        weights = spec["weights"] if text_weights is None else weights_option(text_weights)
+        weights = spec["weights"] if text_weights is None else text_weights_option(text_weights)
         encoder = TextEncoderSpec(spec["model"], weights, tokenizer, None, spec["max_tokens"], str(device))
     inputs = load_inputs(
         manifest,

@@ -32,12 +32,11 @@ import torch
 
 from ..files import write_json
 from ..models import DEFAULT_MODEL, PUBLISHED
-from ..models.weights import weights_option
 from ..provenance import provenance
 from ..runtime import PRECISIONS, resolve_device
 from ..settings import build, convert, load_yaml, pick
 from .fit import BALANCING, FitOptions, fit_model, outputs_to_predictions, predict_outputs
-from .inputs import MILInputs, TextEncoderSpec, load_inputs
+from .inputs import MILInputs, TextEncoderSpec, load_inputs, text_weights_option
 from .km import median_split, plot_kaplan_meier
 from .losses import SURVIVAL_LOSSES, event_time_bins
 from .manifest import TASKS, Cohort
@@ -109,7 +108,7 @@ class MILTrainConfig:
             value = getattr(self, f.name)
             value = os.fspath(value) if isinstance(value, os.PathLike) else value
             setattr(self, f.name, convert(value, hints[f.name], f"MILTrainConfig: {f.name}"))
-        self.text_weights = weights_option(self.text_weights)
+        self.text_weights = text_weights_option(self.text_weights)
         for name, allowed in (
             ("task", TASKS),
             ("model", AGGREGATORS),
