@@ -23,8 +23,10 @@ def _results(output_dir) -> dict:
 
 
 def _check_results(results: dict, names: set[str], folds: int) -> None:
-    assert set(results) == names
-    for summary in results.values():
+    assert set(results) == names | {"learned"}
+    assert set(results["learned"]) == {"learned", "folds", "message"} and len(results["learned"]["folds"]) == folds
+    for name in names:
+        summary = results[name]
         assert set(summary) == {"folds", "mean", "std"} and len(summary["folds"]) == folds
         assert summary["mean"] == pytest.approx(np.mean(summary["folds"]))
         assert summary["std"] == pytest.approx(np.std(summary["folds"], ddof=1))
@@ -116,4 +118,4 @@ def test_survival_cli(tmp_path, capsys, reports):
 def test_yaml_with_an_unknown_option_is_refused(tmp_path, capsys):
     (tmp_path / "run.yaml").write_text("manifest: m.csv\nlearning_rate: 0.1\n")
     assert main(["mil", "train", "--config", str(tmp_path / "run.yaml")]) == 2
-    assert "unknown option(s) learning_rate" in capsys.readouterr().err
+    assert "run.yaml: unknown setting(s) learning_rate" in capsys.readouterr().err
