@@ -105,6 +105,7 @@ def test_a_model_that_cannot_learn_says_so(tmp_path, capsys):
         write_patch_file(path, np.zeros((12, 2)), {"features": same}, {"patch_size_level0": 256})
     run = tmp_path / "run"
     argv = ["mil", "train", "--task", "survival", "--manifest", str(manifest), "--features_dir", str(features)]
+    argv += ["--val_fraction", "0.2"]  # validation cases, so that each fold is judged too
     assert main([*argv, "-o", str(run), "--folds", "3", "--epochs", "3", "--hidden", "16", "--device", "cpu"]) == 0
     printed = capsys.readouterr()
     assert json.loads(printed.out)["learned"] is False

@@ -40,6 +40,7 @@ def test_abmil_embedding_is_the_attention_weighted_patch_embedding():
 def test_fusion_uses_what_it_says(fusion):
     torch.manual_seed(0)
     model = MILModel(3, feature_dim=12, text_dim=5, fusion=fusion, hidden=8).eval()
+    torch.nn.init.normal_(model.head.weight)  # it starts at zero
     x, text = torch.randn(20, 12), torch.randn(5)
     out, weights = model(x if fusion != "text_only" else None, text if fusion != "none" else None)
     assert out.shape == (3,)
@@ -109,6 +110,7 @@ def test_proportional_hazards_share_one_risk_and_survive_saving(tmp_path):
 
     torch.manual_seed(0)
     model = MILModel(4, feature_dim=12, hidden=8, proportional=True).eval()
+    torch.nn.init.normal_(model.head.weight)  # it starts at zero: every case the same risk
     model.set_output_bias(torch.tensor([-2.0, -1.0, 0.0, 1.0]))
     bags = [torch.randn(n, 12) for n in (5, 9, 14)]
     logits = torch.stack([model(x)[0] for x in bags])
@@ -138,3 +140,31 @@ def test_linear_model_is_standardised_mean_features_and_refuses_gated_fusion():
     assert weights.tolist() == [0.5, 0.5]
     with pytest.raises(ValueError, match="use fusion 'concat', not 'gated'"):
         MILModel(1, feature_dim=3, text_dim=2, model="linear", fusion="gated")
+
+
+def test_a_standardising_model_applies_its_training_scale_everywhere_and_keeps_it(tmp_path):
+    """Patch features enter as (x - mean) / scale: in forward, in the attention drawn on heatmaps, after saving;
+    the head starts at zero, so every case starts with the same outputs."""
+    from musk.mil.heatmap import patch_attention
+
+    torch.manual_seed(0)
+    mean, scale = torch.linspace(-3, 3, 12), torch.linspace(0.5, 4, 12)
+    model = MILModel(2, feature_dim=12, hidden=8, standardise=True).eval()
+    bags = [mean + scale * torch.randn(n, 12) for n in (5, 9)]
+    assert torch.equal(model(bags[0])[0], model(bags[1])[0])  # zero head: only the bias
+    torch.nn.init.normal_(model.head.weight)
+    model.set_feature_scale(mean, scale)
+    plain = MILModel(2, feature_dim=12, hidden=8).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("feature_norm")})
+    for x in bags:
+        expected = plain((x - mean) / scale)
+        torch.testing.assert_close(model(x)[0], expected[0])
+        torch.testing.assert_close(model(x)[1], expected[1])
+    config = {"task": "classification", "classes": ["a", "b"], "out_dim": 2, "feature_dim": 12, "text_dim": None}
+    config |= {"model": "abmil", "fusion": "none", "hidden": 8, "dropout": 0.25, "standardise": True}
+    save_mil_model(model, tmp_path, config)
+    loaded = load_mil_models(tmp_path)
+    torch.testing.assert_close(loaded[0].model(bags[0])[0], model(bags[0])[0])
+    np.testing.assert_allclose(patch_attention(loaded, bags[1].numpy()), model(bags[1])[1].detach().numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="does not standardise"):
+        plain.set_feature_scale(mean, scale)

@@ -46,13 +46,17 @@ def _add_runtime(p: argparse.ArgumentParser, batch_size: int | None) -> None:
 
 
 def _add_train(commands) -> None:
-    from ..mil.fit import BALANCING, SELECTIONS
+    from ..mil.fit import BALANCING, OPTIMIZERS, SELECTIONS
     from ..mil.losses import HAZARDS, SURVIVAL_LOSSES
     from ..mil.manifest import TASKS
     from ..mil.models import AGGREGATORS, FUSIONS
-    from ..mil.train import MILTrainConfig
+    from ..mil.train import TASK_DEFAULTS, MILTrainConfig
 
     d = MILTrainConfig()
+
+    def by_task(name: str) -> str:
+        return "default: " + ", ".join(f"{values[name]} for {task}" for task, values in TASK_DEFAULTS.items())
+
     p = commands.add_parser(
         "train",
         help="patient-level cross-validation",
@@ -97,16 +101,23 @@ def _add_train(commands) -> None:
     )
     p.add_argument("--folds", type=int, help=f"default: {d.folds}")
     p.add_argument(
-        "--val_fraction", type=float, help=f"of each training fold, for early stopping (default: {d.val_fraction})"
+        "--val_fraction", type=float, help=f"of each training fold, for early stopping ({by_task('val_fraction')})"
     )
     p.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
     p.add_argument("--patience", type=int, help=f"early stopping, 0 = off (default: {d.patience})")
-    p.add_argument("--lr", type=float, help=f"default: {d.lr}")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=by_task("optimizer"))
+    p.add_argument("--lr", type=float, help=by_task("lr"))
     p.add_argument("--weight_decay", type=float, help=f"default: {d.weight_decay}")
     p.add_argument("--hidden", type=int, help=f"default: {d.hidden}")
     p.add_argument("--dropout", type=float, help=f"default: {d.dropout}")
     p.add_argument("--balance", choices=BALANCING, help=f"class balancing (default: {d.balance})")
     p.add_argument("--no_cache_bags", dest="cache_bags", action="store_false", help="re-read bags every epoch")
+    p.add_argument(
+        "--no_standardise",
+        dest="standardise",
+        action="store_false",
+        help="feed patch features as they are (default: standardised per feature with the training cases' values)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -23,6 +23,7 @@ from .models import MILModel
 
 __all__ = [
     "BALANCING",
+    "OPTIMIZERS",
     "SELECTIONS",
     "FitOptions",
     "FitResult",
@@ -38,6 +39,8 @@ BALANCING = ("weights", "sampler", "none")
 #: AUROC), or the last epoch.
 SELECTIONS = ("loss", "metric", "last")
 _SELECTED_BY = {"loss": "val_loss", "metric": "val_metric"}
+#: ``adamw``: AdamW; ``sgd``: plain gradient steps with momentum 0.9 (steps in proportion to the gradient).
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -48,6 +51,8 @@ class FitOptions:
     cases with those weights, ``none``. ``select`` (:data:`SELECTIONS`): which epoch's weights are kept;
     ``patience``: epochs without a better validation score before stopping (0 = never).
     ``uncensored_weight``: the discrete-time loss's weight on events (see :func:`discrete_time_nll`).
+    ``optimizer`` (:data:`OPTIMIZERS`): AdamW, or SGD with momentum (the survival default of
+    :class:`~musk.mil.train.MILTrainConfig`).
     """
 
     epochs: int = 40
@@ -59,6 +64,7 @@ class FitOptions:
     survival_loss: str = "nll"
     uncensored_weight: float = 0.0
     select: str = "loss"
+    optimizer: str = "adamw"
     max_grad_norm: float | None = 5.0
     num_workers: int = 0
     precision: str = "fp32"
@@ -180,10 +186,10 @@ def fit_model(
     options: FitOptions,
     bin_edges: np.ndarray | None = None,
 ) -> FitResult:
-    """Train ``model`` (already on its device) on ``fit_indices``; keep the weights of the epoch with the lowest
-    loss on ``val_indices`` (the last epoch when there are none). Precision: autocast, with a gradient scaler
-    for fp16 (:class:`musk.training.precision.TrainingPrecision`). Each history entry has the epoch's losses
-    and its seconds spent waiting for data and computing."""
+    """Train ``model`` (already on its device) on ``fit_indices``; keep the weights of the epoch ``options.select``
+    picks on ``val_indices`` (the last epoch when there are none). Precision: autocast, with a gradient scaler
+    for fp16 (:class:`musk.training.precision.TrainingPrecision`). Each history entry has the epoch's losses,
+    validation metric and its seconds spent waiting for data and computing."""
     task = dataset.cohort.task
     fit_indices, val_indices = np.asarray(fit_indices), np.asarray(val_indices)
     if task == "survival" and options.survival_loss == "cox" and options.batch_size < 2:
@@ -192,7 +198,10 @@ def fit_model(
     edges = None if bin_edges is None else torch.as_tensor(bin_edges)
     class_weights, sampler = _balancing(dataset, fit_indices, options, device)
     loader = _fit_loader(dataset, fit_indices, options, sampler)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    if options.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), options.lr, momentum=0.9, weight_decay=options.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     precision = TrainingPrecision(options.precision, device)
     selection = ModelSelection("min" if options.select == "loss" else "max", options.patience, min_delta=1e-6)
 

@@ -148,6 +148,9 @@ class MILModel(nn.Module):
     model reads the standardised mean feature and report vector side by side (``gated`` is not linear: refused).
     ``proportional``: the ``out_dim`` outputs are discrete-time hazard logits that share one risk score,
     ``logit_k = eta + b_k`` (proportional odds: the head gives ``eta``, ``b`` holds one intercept per bin).
+    ``standardise``: patch features enter as ``(x - mean) / scale``, per feature, with the training cases' values
+    (:meth:`set_feature_scale`; saved with the weights). The head's weights start at zero: every case starts with
+    the same outputs (the intercepts), and training moves the cases apart only as far as the data ask.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class MILModel(nn.Module):
         hidden: int = 256,
         dropout: float = 0.25,
         proportional: bool = False,
+        standardise: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -171,6 +175,7 @@ class MILModel(nn.Module):
         if model == "linear" and fusion == "gated":
             raise ValueError("the linear model reads slides and reports side by side: use fusion 'concat', not 'gated'")
         self.fusion = fusion
+        self.feature_norm = Standardise(feature_dim) if standardise and fusion != "text_only" else None
         self.aggregator = None if fusion == "text_only" else build_aggregator(model, feature_dim, hidden, dropout)
         self.text_proj = None
         if fusion != "none":
@@ -183,13 +188,29 @@ class MILModel(nn.Module):
             width = 2 * hidden if fusion == "concat" else hidden
         self.out_dim = out_dim
         self.head = nn.Linear(width, 1 if proportional else out_dim, bias=not proportional)
+        nn.init.zeros_(self.head.weight)
         self.bin_bias = nn.Parameter(torch.zeros(out_dim)) if proportional else None
+
+    @torch.no_grad()
+    def set_feature_scale(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """The per-feature ``mean`` and ``scale`` (D,) that standardise patch features (``standardise=True``)."""
+        if self.feature_norm is None:
+            raise ValueError("this model does not standardise its features (standardise=False)")
+        self.feature_norm.mean.copy_(torch.as_tensor(mean))
+        self.feature_norm.scale.copy_(torch.as_tensor(scale))
 
     @torch.no_grad()
     def set_output_bias(self, values: torch.Tensor) -> None:
         """Start the outputs' intercepts (the bins' ``b_k``, or the head's bias) at ``values`` (out_dim,)."""
         bias = self.bin_bias if self.bin_bias is not None else self.head.bias
         bias.copy_(torch.as_tensor(values, dtype=bias.dtype))
+
+    def aggregate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One bag (N, D) -> (slide embedding, patch weights (N,)), features standardised first when the model
+        does that."""
+        if self.aggregator is None:
+            raise ValueError("this model reads no slides (fusion 'text_only')")
+        return self.aggregator(features if self.feature_norm is None else self.feature_norm(features))
 
     def forward(
         self, features: torch.Tensor | None = None, text: torch.Tensor | None = None
@@ -199,7 +220,7 @@ class MILModel(nn.Module):
         if self.aggregator is not None:
             if features is None:
                 raise ValueError("this model reads slide features: pass features")
-            slide, weights = self.aggregator(features)
+            slide, weights = self.aggregate(features)
         if self.text_proj is not None:
             if text is None:
                 raise ValueError(f"fusion {self.fusion!r} reads the report: pass its embedding")

@@ -39,7 +39,17 @@ from ..runtime import PRECISIONS, resolve_device
 from ..settings import build, convert, load_yaml, pick
 from .baseline import fit_linear, linear_model
 from .chance import learning_report
-from .fit import BALANCING, SELECTIONS, FitOptions, FitResult, fit_model, outputs_to_predictions, predict_outputs
+from .data import feature_moments
+from .fit import (
+    BALANCING,
+    OPTIMIZERS,
+    SELECTIONS,
+    FitOptions,
+    FitResult,
+    fit_model,
+    outputs_to_predictions,
+    predict_outputs,
+)
 from .inputs import MILInputs, TextEncoderSpec, load_inputs, text_weights_option
 from .km import median_split, plot_kaplan_meier
 from .losses import HAZARDS, SURVIVAL_LOSSES, bin_hazard_logits, event_time_bins
@@ -59,6 +69,14 @@ logger = logging.getLogger(__name__)
 #: Settings that do not change the models (a finished fold is reused when only they change); ``baseline`` only
 #: adds the linear baseline's results beside them.
 _RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags", "overwrite", "baseline")
+#: The defaults that depend on the task (a setting left at None takes its task's value). Survival models learn
+#: a risk from a few dozen events: plain gradient steps on all of a fold's training cases for a fixed number of
+#: epochs, where AdamW and early stopping on a handful of validation cases learn noise (docs/mil.md, "Survival:
+#: what the defaults are and why").
+TASK_DEFAULTS = {
+    "classification": {"optimizer": "adamw", "lr": 1e-3, "val_fraction": 0.2},
+    "survival": {"optimizer": "sgd", "lr": 1e-2, "val_fraction": 0.0},
+}
 
 
 @dataclass
@@ -69,7 +87,8 @@ class MILTrainConfig:
     Reports: a manifest ``report`` column or ``reports`` (folder of ``<case_id>.txt``), embedded with the MUSK
     text encoder ``text_model`` / ``text_weights``; or precomputed ``report_embeddings`` (.npz).
     ``survival_loss``: ``nll`` (discrete time over ``n_bins`` bins at event-time quantiles) or ``cox``.
-    ``val_fraction`` of each fold's training cases is held out for early stopping. ``overwrite``: let the run
+    ``val_fraction`` of each fold's training cases is held out for early stopping. ``optimizer``, ``lr`` and
+    ``val_fraction`` left at None take their task's value (:data:`TASK_DEFAULTS`). ``overwrite``: let the run
     replace its own outputs in an ``output_dir`` it would otherwise refuse (:mod:`musk.mil.run_folder`).
     Values are converted and checked by the one converter of :mod:`musk.settings`; build one from YAML and/or
     the command line with :func:`train_config`. ``model="linear"`` is the linear baseline
@@ -93,14 +112,16 @@ class MILTrainConfig:
     survival_loss: str = "nll"
     n_bins: int = 4
     hazards: str = "proportional"
+    standardise: bool = True
     uncensored_weight: float = 0.0
     select: str = "loss"
     folds: int = 5
-    val_fraction: float = 0.2
+    val_fraction: float | None = None
     epochs: int = 40
     patience: int = 10
     batch_size: int = 4
-    lr: float = 1e-3
+    optimizer: str | None = None
+    lr: float | None = None
     weight_decay: float = 1e-4
     hidden: int = 256
     dropout: float = 0.25
@@ -121,6 +142,9 @@ class MILTrainConfig:
             value = os.fspath(value) if isinstance(value, os.PathLike) else value
             setattr(self, f.name, convert(value, hints[f.name], f"MILTrainConfig: {f.name}"))
         self.text_weights = text_weights_option(self.text_weights)
+        if self.task in TASK_DEFAULTS:
+            for name, value in TASK_DEFAULTS[self.task].items():
+                setattr(self, name, value if getattr(self, name) is None else getattr(self, name))
         for name, allowed in (
             ("task", TASKS),
             ("model", AGGREGATORS),
@@ -129,6 +153,7 @@ class MILTrainConfig:
             ("hazards", HAZARDS),
             ("balance", BALANCING),
             ("select", SELECTIONS),
+            ("optimizer", OPTIMIZERS),
             ("precision", PRECISIONS),
         ):
             if getattr(self, name) not in allowed:
@@ -140,6 +165,12 @@ class MILTrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.model == "linear" and self.fusion == "gated":
             raise ValueError("the linear model reads slides and reports side by side: use fusion 'concat', not 'gated'")
+
+    @property
+    def standardises_features(self) -> bool:
+        """Whether the slide-level model standardises its patch features (the linear model standardises its
+        mean feature itself; a text-only model reads none)."""
+        return self.standardise and self.model != "linear" and self.fusion != "text_only"
 
     @property
     def survival_output(self) -> str | None:
@@ -217,6 +248,7 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
         "survival_loss": config.survival_output,
         "bin_edges": None if bin_edges is None else [float(x) for x in bin_edges],
         "proportional": config.survival_output == "nll" and config.hazards == "proportional",
+        "standardise": config.standardises_features,
         "text_encoder": None
         if config.fusion == "none"
         else {"model": config.text_model, "weights": config.text_weights, "max_tokens": 100},
@@ -292,10 +324,12 @@ def _fit_fold(
     proportional = config.survival_output == "nll" and config.hazards == "proportional"
     model = MILModel(
         out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout,
-        proportional,
+        proportional, config.standardises_features,
     )  # fmt: skip
     if start is not None:
         model.set_output_bias(torch.as_tensor(start))
+    if config.standardises_features:
+        model.set_feature_scale(*feature_moments(inputs.dataset, fit))
     result = fit_model(model.to(device), inputs.dataset, fit, val, options, bin_edges)
     selection = {
         "select": config.select,
