@@ -173,6 +173,11 @@ class MILTrainConfig:
         return self.standardise and self.model != "linear" and self.fusion != "text_only"
 
     @property
+    def proportional_hazards(self) -> bool:
+        """Whether the discrete-time hazards share one risk score (:data:`~musk.mil.losses.HAZARDS`)."""
+        return self.survival_output == "nll" and self.hazards == "proportional"
+
+    @property
     def survival_output(self) -> str | None:
         """What a survival model's outputs are: ``nll`` (hazard logits per bin) or ``cox`` (one log-risk, as the
         linear model's ridge Cox gives); None for classification."""
@@ -247,7 +252,7 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
         "dropout": config.dropout,
         "survival_loss": config.survival_output,
         "bin_edges": None if bin_edges is None else [float(x) for x in bin_edges],
-        "proportional": config.survival_output == "nll" and config.hazards == "proportional",
+        "proportional": config.proportional_hazards,
         "standardise": config.standardises_features,
         "text_encoder": None
         if config.fusion == "none"
@@ -321,10 +326,9 @@ def _fit_fold(
         selection = {"select": "inner cross-validation", "penalty": linear.penalty, "val_metric": None}
         return FitResult(model.to(device), 0, None), None, selection
     out_dim, bin_edges, start = _head(config, inputs.cohort, fit)
-    proportional = config.survival_output == "nll" and config.hazards == "proportional"
     model = MILModel(
         out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout,
-        proportional, config.standardises_features,
+        config.proportional_hazards, config.standardises_features,
     )  # fmt: skip
     if start is not None:
         model.set_output_bias(torch.as_tensor(start))
