@@ -71,7 +71,8 @@ def _health_router():
     @router.get("/readyz", summary="The model (and the index) are loaded", responses={503: {"description": "not yet"}})
     async def readyz(request: Request) -> JSONResponse:
         service = service_of(request)
-        body = {"ready": service.ready, "model": service.settings.model, "index": service.index is not None}
+        body = {"ready": service.ready, "model": service.settings.model, "index": service.index is not None,
+                "queued": service.engine.batcher.queued if service.ready else 0}  # fmt: skip
         if service.error is not None:
             body["error"] = "the model could not be loaded (see the service's log)"
         return JSONResponse(body, status_code=200 if service.ready else 503)

@@ -3,7 +3,8 @@
 A job is a list of items (images or texts) under a key (what to compute with which options), or one call to
 run alone. The worker takes the oldest job, then every queued job with the same key, up to ``max_batch`` items,
 waiting at most ``max_wait_s`` from the oldest job's arrival for more; it runs them as one batch and gives each
-job its rows. A job that would take the queue past ``max_queue`` items is refused at once (:class:`QueueFull`).
+job its rows. A job that would take the queue past ``max_queue`` items is refused at once (:class:`QueueFull`); a job
+cancelled while it waits leaves the queue.
 """
 
 from __future__ import annotations
@@ -96,7 +97,15 @@ class Batcher:
             self._jobs.append(job)
             self._queued += job.size
             self._cond.notify_all()
+        job.future.add_done_callback(lambda future: self._forget(job) if future.cancelled() else None)
         return job.future
+
+    def _forget(self, job: _Job) -> None:
+        """A job cancelled while queued (its client gave up) leaves the queue and frees its room."""
+        with self._cond:
+            if job in self._jobs:
+                self._jobs.remove(job)
+                self._queued -= job.size
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
