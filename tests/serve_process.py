@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
@@ -93,12 +92,6 @@ def slide_patches(slide: Path, count: int, size: int = 96) -> list[Image.Image]:
             s.read_region((i * (width - size) // count, i * (height - size) // count), 0, (size, size)).convert("RGB")
             for i in range(count)
         ]
-
-
-def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt)
-    return out.getvalue()
 
 
 def vectors_of(response: httpx.Response) -> np.ndarray:

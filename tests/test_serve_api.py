@@ -22,7 +22,7 @@ pytest.importorskip("uvicorn")
 from musk.embedding import embed_images  # noqa: E402
 from musk.serve._interim_load import load  # noqa: E402
 from musk.zeroshot import probabilities  # noqa: E402
-from serve_process import TINY, ServiceProcess, encoded, slide_patches, tiny_service_args, vectors_of  # noqa: E402
+from serve_process import TINY, ServiceProcess, slide_patches, tiny_service_args, vectors_of  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
 TEXTS = ["tumour budding at the invasive front", "benign lung tissue", "necrosis"]
