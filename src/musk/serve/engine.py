@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -40,15 +41,31 @@ class Engine:
         )
         self._decoders = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))
         self._classes: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._in_flight = 0  # items admitted and not yet answered (changed on the event loop only)
 
     def close(self, timeout: float | None = None) -> None:
         self.batcher.close(timeout)
+
+    @contextmanager
+    def admit(self, items: int) -> Iterator[None]:
+        """Room for a request's ``items`` from before they are decoded until they are answered: past
+        ``max_queue`` items in flight, 429 at once (so an overload is refused before it costs any work)."""
+        if self._in_flight + items > self.settings.max_queue:
+            raise Unavailable(429, f"the service is busy ({self._in_flight} items in flight); retry later")
+        self._in_flight += items
+        try:
+            yield
+        finally:
+            self._in_flight -= items
 
     # ---- inputs ----------------------------------------------------------------------------------------
     async def images(self, encoded: Sequence[str], field: str) -> list[torch.Tensor]:
         """Base64 images -> preprocessed tensors (the model's own transform), decoded in worker threads."""
 
         def one(i: int, text: str) -> torch.Tensor:
+            # One OpenMP thread in this worker (a per-thread setting): a team of its own would spin on the cores
+            # the model and the other decoders need.
+            torch.set_num_threads(1)
             return self.lm.transform(self._decode(text, f"{field}[{i}]"))
 
         jobs = (anyio.to_thread.run_sync(one, i, text, limiter=self._decoders) for i, text in enumerate(encoded))

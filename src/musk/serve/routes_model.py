@@ -39,21 +39,27 @@ async def embeddings(request: EmbeddingRequest, engine: ReadyEngine) -> Embeddin
     images = [(i, item.image) for i, item in enumerate(items) if isinstance(item, ImageInput)]
     if texts and request.ms_aug:
         raise HTTPException(400, "ms_aug applies to images only; send texts in another request")
-    vectors: dict[int, np.ndarray] = {}
-    if images:
-        tensors = await engine.images([image for _, image in images], "input")
-        rows = await engine.embed_images(
-            tensors, with_head=request.with_head, normalize=request.normalize, ms_aug=request.ms_aug
-        )
-        vectors.update(zip((i for i, _ in images), rows, strict=True))
-    if texts:
-        rows = await engine.embed_texts([t for _, t in texts], with_head=request.with_head, normalize=request.normalize)
-        vectors.update(zip((i for i, _ in texts), rows, strict=True))
+    with engine.admit(len(items)):
+        vectors = await _vectors(engine, request, texts, images)
     tokens = sum(len(engine.lm.tokenizer.encode(t)) for _, t in texts)
     data = [Embedding(index=i, embedding=_encode(vectors[i], request.encoding_format)) for i in range(len(items))]
     return EmbeddingResponse(
         data=data, model=engine.lm.architecture, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
     )
+
+
+async def _vectors(engine: Engine, request: EmbeddingRequest, texts: list, images: list) -> dict[int, np.ndarray]:
+    """Row ``i`` of the answer for each (i, text) and (i, base64 image) input."""
+    options = {"with_head": request.with_head, "normalize": request.normalize}
+    vectors: dict[int, np.ndarray] = {}
+    if images:
+        tensors = await engine.images([image for _, image in images], "input")
+        rows = await engine.embed_images(tensors, ms_aug=request.ms_aug, **options)
+        vectors.update(zip((i for i, _ in images), rows, strict=True))
+    if texts:
+        rows = await engine.embed_texts([t for _, t in texts], **options)
+        vectors.update(zip((i for i, _ in texts), rows, strict=True))
+    return vectors
 
 
 def _check_embedding_request(request: EmbeddingRequest, engine: Engine) -> None:
@@ -85,9 +91,10 @@ async def zeroshot(request: ZeroShotRequest, engine: ReadyEngine) -> ZeroShotRes
             400, f"{len(request.images)} images; this service takes at most {engine.settings.max_queue} per request"
         )
     templates = request.templates or list(DEFAULT_TEMPLATES)
-    classes = await engine.class_vectors(request.classes, templates)
-    tensors = await engine.images(request.images, "images")
-    vectors = await engine.embed_images(tensors, with_head=True, normalize=True, ms_aug=False)
+    with engine.admit(len(request.images)):
+        classes = await engine.class_vectors(request.classes, templates)
+        tensors = await engine.images(request.images, "images")
+        vectors = await engine.embed_images(tensors, with_head=True, normalize=True, ms_aug=False)
     probs = probabilities(engine.lm.model, torch.from_numpy(vectors), classes).numpy()
     data = [
         ZeroShotResult(index=i, probabilities=row.tolist(), prediction=request.classes[int(row.argmax())])
