@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 import musk  # noqa: F401  (registers the architectures)
-from musk.embedding import embed_images
-from musk.serve._interim_load import load
+from musk import load
+from musk.models.weights import weights_option
 
 QUERIES = ["tumour budding at the invasive front", "mitotic figures", "lymphocytic infiltrate", "necrosis", "fat"]
 
@@ -94,9 +94,9 @@ def start_service(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen
 
 
 def direct_rate(lm, paths: list[Path], batch_size: int) -> float:
-    embed_images(lm.model, paths[:batch_size], with_head=True, normalize=True, batch_size=batch_size)  # warm-up
+    lm.embed_images(paths[:batch_size], batch_size=batch_size)  # warm-up
     start = time.perf_counter()
-    embed_images(lm.model, paths, with_head=True, normalize=True, batch_size=batch_size)
+    lm.embed_images(paths, batch_size=batch_size)
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -167,7 +167,7 @@ def main() -> None:
         paths = make_images(args.images, args.image_size, Path(tmp))
         encoded = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in paths]
         bodies = [{"input": encoded[i : i + args.per_request]} for i in range(0, len(encoded), args.per_request)]
-        lm = load(args.model, weights=args.weights, device=args.device, tokenizer=args.tokenizer)
+        lm = load(args.model, weights=weights_option(args.weights), device=args.device, tokenizer=args.tokenizer)
         proc, url = start_service(args, Path(tmp) / "serve.log")
         try:
             run_measurements(args, lm, paths, bodies, url, proc.pid)

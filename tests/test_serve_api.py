@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import struct
 import threading
@@ -13,21 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from musk.embedding import embed_images  # noqa: E402
-from musk.serve._interim_load import load  # noqa: E402
-from musk.zeroshot import probabilities  # noqa: E402
+from musk import load  # noqa: E402
+from musk.cli import main  # noqa: E402
 from serve_process import TINY, ServiceProcess, slide_patches, tiny_service_args, vectors_of  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
 TEXTS = ["tumour budding at the invasive front", "benign lung tissue", "necrosis"]
 CLASSES = ["lung adenocarcinoma", "benign lung tissue"]
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+MODEL_ARGS = ["--model", TINY, "--weights", "none", "--device", "cpu", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -94,36 +94,51 @@ def test_openai_client_gets_the_text_embeddings_of_the_library(service, referenc
 @pytest.mark.parametrize(
     ("with_head", "normalize", "ms_aug"), [(True, True, False), (False, False, False), (False, False, True)]
 )
-def test_image_embeddings_equal_musk_embed(service, patch_files, reference, with_head, normalize, ms_aug):
-    """Files sent as base64 give what `musk embed` (``embed_images``) gives for the same files."""
+def test_image_embeddings_equal_musk_embed(service, patch_files, tmp_path, with_head, normalize, ms_aug):
+    """Files sent as base64 give what `musk embed` writes for the same files (same weights: seed 0)."""
     options = {"with_head": with_head, "normalize": normalize, "ms_aug": ms_aug}
     with service.client() as client:
         got = vectors_of(post_embeddings(client, image_items(patch_files), **options))
-    expected = embed_images(reference.model, patch_files, **options).vectors
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, **TOLERANCE)
+    flags = [f"--{name}" for name, on in options.items() if on]
+    out = tmp_path / "embed.npz"
+    assert main(["embed", *map(str, patch_files), "-o", str(out), *flags, *MODEL_ARGS]) == 0
+    saved = np.load(out)
+    assert list(saved["files"]) == [str(p) for p in patch_files]
+    assert got.shape == saved["embeddings"].shape
+    np.testing.assert_allclose(got, saved["embeddings"], **TOLERANCE)
 
 
 def test_texts_and_images_in_one_request_keep_their_order(service, patch_files, reference):
     with service.client() as client:
         got = vectors_of(post_embeddings(client, [TEXTS[0], *image_items(patch_files[:2]), TEXTS[1]]))
     np.testing.assert_allclose(got[[0, 3]], reference.embed_texts(TEXTS[:2]), **TOLERANCE)
-    images = embed_images(reference.model, patch_files[:2], with_head=True, normalize=True).vectors
+    images = reference.embed_images(patch_files[:2]).vectors
     np.testing.assert_allclose(got[1:3], images, **TOLERANCE)
 
 
-def test_zeroshot_equals_the_library(service, patch_files, reference):
+def test_zeroshot_equals_musk_zeroshot(service, patch_files, reference, tokenizer_file, tmp_path, capsys):
     encoded_files = [base64.b64encode(p.read_bytes()).decode() for p in patch_files]
     with service.client() as client:
         response = client.post("/v1/zeroshot", json={"images": encoded_files, "classes": CLASSES})
     assert response.status_code == 200, response.text
     body = response.json()
     got = np.array([row["probabilities"] for row in body["data"]])
-    vectors = embed_images(reference.model, patch_files, with_head=True, normalize=True).vectors
-    expected = probabilities(reference.model, torch.from_numpy(vectors), reference.class_embeddings(CLASSES)).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
-    assert [row["prediction"] for row in body["data"]] == [CLASSES[i] for i in expected.argmax(1)]
+    expected = reference.classify(patch_files, CLASSES)
+    np.testing.assert_allclose(got, expected.probabilities, rtol=1e-4, atol=1e-6)
+    assert [row["prediction"] for row in body["data"]] == list(expected.predictions)
     assert body["classes"] == CLASSES
+    out = tmp_path / "zs.csv"
+    files = map(str, patch_files)
+    assert (
+        main(
+            ["zeroshot", *files, "--classes", *CLASSES, "--tokenizer", str(tokenizer_file), "-o", str(out), *MODEL_ARGS]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    rows = list(csv.reader(out.read_text().splitlines()))[1:]
+    np.testing.assert_allclose(got, [[float(v) for v in row[1:-1]] for row in rows], atol=6e-5)  # 4 decimals there
+    assert [row[-1] for row in rows] == [row["prediction"] for row in body["data"]]
 
 
 # ---- keys ----------------------------------------------------------------------------------------------
@@ -215,7 +230,7 @@ def test_unknown_model_is_404_and_bad_json_400(service):
 def test_concurrent_clients_get_their_own_answers_and_health_answers_meanwhile(service, patch_files, reference):
     """A bounded burst (8 clients x 6 requests, loopback): every answer is right; /healthz answers during it."""
     expected_texts = reference.embed_texts(TEXTS)
-    expected_images = embed_images(reference.model, patch_files, with_head=True, normalize=True).vectors
+    expected_images = reference.embed_images(patch_files).vectors
     items = image_items(patch_files)
     health, stop = [], threading.Event()
 

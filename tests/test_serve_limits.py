@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from musk import load  # noqa: E402
 from musk.cli import main  # noqa: E402
 from musk.serve import ServeSettings  # noqa: E402
-from musk.serve._interim_load import load  # noqa: E402
 from serve_process import TINY, ServiceProcess, tiny_service_args, vectors_of  # noqa: E402
 
 #: Batches wait up to 3 s to fill, requests may take 1 s: every request times out, and while they wait the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..runtime import DTYPES
+from ..runtime import PRECISIONS
 from ..settings import build
 from .common import add_model_args, positive_float, positive_int
 
@@ -15,10 +15,9 @@ API_KEY_VARIABLE = "MUSK_API_KEY"
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve embeddings, zero-shot and search over HTTP", description=__doc__)
     p.add_argument("--index", default=None, help="a search index folder (musk search build); without it no search")
-    add_model_args(p)
-    p.add_argument("--tokenizer", default=None, help="tokenizer.spm (default: beside local weights, else the hub's)")
+    add_model_args(p, tokenizer=True)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: %(default)s)")
-    p.add_argument("--precision", choices=sorted(DTYPES), default="fp32", help="default: %(default)s")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: %(default)s")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (--weights none)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)")

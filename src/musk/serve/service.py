@@ -9,7 +9,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ._interim_load import load
+from ..loaded import load
+from ..models.weights import weights_option
 from .engine import Engine
 from .errors import Unavailable
 from .settings import ServeSettings
@@ -51,7 +52,7 @@ class Service:
     def _load(self) -> None:
         s = self.settings
         try:
-            lm = load(model=s.model, weights=s.weights, device=s.device, precision=s.precision,
+            lm = load(model=s.model, weights=weights_option(s.weights), device=s.device, precision=s.precision,
                       tokenizer=s.tokenizer, cache_dir=s.cache_dir, seed=s.seed)  # fmt: skip
             _ = lm.tokenizer  # loaded now: a missing tokenizer stops the start, not the first text request
             if self.index is not None:
