@@ -34,7 +34,8 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.api_key = api_key
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+        paths = [p for p in (os.environ.get("PYTHONPATH"), str(REPO / "src")) if p]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         env.pop("MUSK_API_KEY", None)
         if api_key:
             env["MUSK_API_KEY"] = api_key  # as documented: the key through the environment, not argv
@@ -97,3 +98,27 @@ def slide_patches(slide: Path, count: int, size: int = 96) -> list[Image.Image]:
 def vectors_of(response: httpx.Response) -> np.ndarray:
     assert response.status_code == 200, response.text
     return np.array([item["embedding"] for item in response.json()["data"]], dtype=np.float32)
+
+
+def build_test_index(folder: Path, sample_slide: Path, tokenizer: Path) -> Path:
+    """A real index of two slides (a copy of the sample slide and a link to it) made by ``musk wsi run`` and
+    ``musk.search.build_index`` with the tiny model's seed-0 random weights; returns the index folder."""
+    import shutil
+
+    from musk.search import build_index
+
+    from musk import load
+    from musk.cli import main
+
+    slides = folder / "slides"
+    slides.mkdir()
+    shutil.copy(sample_slide, slides / "cmu-a.svs")
+    (slides / "cmu-b.svs").symlink_to(sample_slide)
+    job = folder / "job"
+    model = ["--model", TINY, "--weights", "none", "--device", "cpu", "--features", "cls"]
+    assert main(["wsi", "run", "--slides", str(slides), "--job_dir", str(job), *model]) == 0
+    cases = folder / "cases.csv"
+    cases.write_text("slide,case,label\ncmu-a,case-1,tumor\ncmu-b,case-2,normal\n")
+    lm = load(TINY, weights=None, device="cpu", tokenizer=tokenizer, seed=0)
+    build_index([job], folder / "index", lm, cases=cases)
+    return folder / "index"

@@ -1,12 +1,18 @@
-"""``/v1/search``: patches and slides of the index that match a text or an image, and per-slide heatmaps."""
+"""``/v1/search``: patches and slides of the index that match a text or an image, and per-slide heatmaps.
+
+Patch queries are embedded through the batcher (so concurrent searches share model batches) and looked up in
+the index in a worker thread; slide ranking and heatmaps run their library calls on the model's worker.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from ..search import UnknownSlideError
 from .engine import Engine
 from .schemas import Heatmap, HeatmapRequest, SearchRequest, SearchResponse, SlideSearchRequest, SlidesResponse
 from .service import ReadyEngine, service_of
@@ -25,12 +31,17 @@ def _one_query(text: str | None, image: str | None) -> None:
     if (text is None) == (image is None):
         raise HTTPException(400, "give exactly one of text and image")
     if text is not None and not text.strip():
-        raise HTTPException(400, "text is empty")
+        raise HTTPException(400, "the text query is empty: give words to search for")
 
 
-async def _query_image(engine, image: str | None):
-    """The decoded image query (an RGB PIL image), or None for a text query."""
-    return None if image is None else await engine.picture(image, "image")
+async def _query_vector(engine: Engine, text: str | None, image: str | None, templates: list[str] | None):
+    """The query as the library embeds it: a text (through a prompt ensemble with templates) or an image."""
+    if text is not None and templates:
+        return (await engine.class_vectors([text.strip()], templates))[0].cpu().numpy()
+    if text is not None:
+        return (await engine.embed_texts([text.strip()], with_head=True, normalize=True))[0]
+    tensors = await engine.images([image], "image")
+    return (await engine.embed_images(tensors, with_head=True, normalize=True, ms_aug=False))[0]
 
 
 @router.post("/search", summary="Patches most similar to a text or an image", response_model=SearchResponse)
@@ -38,13 +49,11 @@ async def search(body: SearchRequest, request: Request, engine: ReadyEngine) -> 
     index = index_of(request)
     _one_query(body.text, body.image)
     filters = body.filters.model_dump(exclude_none=True) if body.filters else None
-    options = {"k": body.k, "per_slide": body.per_slide, "filters": filters, "exclude_case": body.exclude_case}
-    if body.text is not None:
-        templates = body.templates
-        hits = await engine.call(lambda: index.search_text(engine.lm, body.text, templates=templates, **options))
-    else:
-        image = await _query_image(engine, body.image)
-        hits = await engine.call(lambda: index.search_image(engine.lm, image, **options))
+    with engine.admit(1):
+        vector = await _query_vector(engine, body.text, body.image, body.templates)
+    hits = await anyio.to_thread.run_sync(
+        lambda: index.search_vector(vector, body.k, body.per_slide, filters, body.exclude_case)
+    )
     return SearchResponse(hits=[asdict(hit) for hit in hits])
 
 
@@ -56,7 +65,8 @@ async def search_slides(body: SlideSearchRequest, request: Request, engine: Read
     options = {"k": body.k, "filters": filters, "templates": body.templates}
     if body.top_k is not None:
         options["top_k"] = body.top_k
-    slides = await engine.call(lambda: index.rank_slides(engine.lm, body.texts, **options))
+    with engine.admit(len(body.texts)):
+        slides = await engine.call(lambda: index.rank_slides(engine.lm, body.texts, **options))
     return SlidesResponse(slides=[asdict(hit) for hit in slides])
 
 
@@ -65,8 +75,10 @@ async def similar(
     slide: str, request: Request, k: int = Query(10, ge=1, le=1000), exclude_case: bool = True
 ) -> SlidesResponse:
     index = index_of(request)
-    _known(request, slide)
-    slides = index.similar_slides(slide, k=k, exclude_case=exclude_case)
+    try:
+        slides = await anyio.to_thread.run_sync(lambda: index.similar_slides(slide, k=k, exclude_case=exclude_case))
+    except UnknownSlideError:
+        raise HTTPException(404, f"no slide named {slide!r} in the index") from None
     return SlidesResponse(slides=[asdict(hit) for hit in slides])
 
 
@@ -83,17 +95,13 @@ async def heatmap_post(slide: str, body: HeatmapRequest, request: Request, engin
 
 async def _heatmap(request: Request, engine: Engine, slide: str, text: str | None, image: str | None) -> Heatmap:
     index = index_of(request)
-    _known(request, slide)
     _one_query(text, image)
-    picture = await _query_image(engine, image)
-    coords, patch_size, scores = await engine.call(
-        lambda: index.slide_scores(engine.lm, slide, text=text, image=picture)
-    )
+    picture = None if image is None else await engine.picture(image, "image")
+    try:
+        with engine.admit(1):
+            coords, size, scores = await engine.call(lambda: index.slide_scores(engine.lm, slide, text, picture))
+    except UnknownSlideError:
+        raise HTTPException(404, f"no slide named {slide!r} in the index") from None
     coords = np.asarray(coords)
-    return Heatmap(slide=slide, patch_size=int(patch_size), x=coords[:, 0].tolist(), y=coords[:, 1].tolist(),
+    return Heatmap(slide=slide, patch_size=int(size), x=coords[:, 0].tolist(), y=coords[:, 1].tolist(),
                    scores=np.asarray(scores, dtype=np.float32).tolist())  # fmt: skip
-
-
-def _known(request: Request, slide: str) -> None:
-    if slide not in {record.name for record in index_of(request).slides()}:
-        raise HTTPException(404, f"no slide named {slide!r} in the index")

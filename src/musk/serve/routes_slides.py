@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
-
 import anyio
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 
+from ..search import UnknownSlideError
 from .service import service_of
 from .slides import SlideNotFound, SlideTiles
 
@@ -32,13 +31,15 @@ async def _in_thread(fn, *args):
         raise HTTPException(404, str(e)) from None
 
 
+#: What ``GET /v1/slides`` tells of each slide.
+LISTED = ("name", "case", "label", "patches", "patch_size_level0", "magnification")
+
+
 @router.get("", summary="The slides of the index")
 async def slides(request: Request) -> dict:
-    tiles_of(request)
+    tiles = tiles_of(request)
     records = service_of(request).index.slides()
-    fields = ("name", "case", "label", "patches", "patch_size_level0", "magnification")
-    listed = [{f: (asdict(r) if is_dataclass(r) else vars(r)).get(f) for f in fields} for r in records]
-    return {"slides": [{**item, "viewable": item["name"] in tiles_of(request)} for item in listed]}
+    return {"slides": [{**{f: getattr(r, f) for f in LISTED}, "viewable": r.name in tiles} for r in records]}
 
 
 @router.get(
@@ -75,5 +76,5 @@ async def _record_patch_size(request: Request, slide: str) -> int:
     index = service_of(request).index
     try:
         return int(index.slide(slide).patch_size_level0)
-    except (KeyError, ValueError):
+    except UnknownSlideError:
         raise HTTPException(404, f"no slide named {slide!r} in the index") from None

@@ -15,9 +15,9 @@ SECURITY_HEADERS = (
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 )
-#: The page runs only its own scripts and styles; images come from the service or are drawn by the page.
+#: The page runs only its own scripts (its viewer sets inline styles); images come from the service or the page.
 CONTENT_SECURITY_POLICY = (
-    b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
     b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 

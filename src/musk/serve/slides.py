@@ -1,7 +1,8 @@
 """Slide images for the viewer: Deep Zoom descriptors and tiles (OpenSlide's generator) and single patches.
 
 Slides are addressed only by the names in the index. Each name's file is resolved once, when the index is
-opened (symbolic links followed then); requests can name nothing else, so no request reaches another file.
+opened (symbolic links followed then); requests can name nothing else, and a file whose path leads elsewhere
+later (replaced by a link) is refused, so no request reaches another file.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class SlideTiles:
         path = self._paths.get(name)
         if path is None:
             raise SlideNotFound(f"no slide named {name!r} in the index")
+        if Path(os.path.realpath(path)) != path:
+            logger.warning("slide %s: %s now leads to another file; not served", name, path)
+            raise SlideNotFound(f"slide {name!r} has changed on disk since the service started")
         with self._lock:
             if name in self._open:
                 self._open.move_to_end(name)

@@ -159,7 +159,8 @@ function openSlide(hit, remember) {
   const section = $("#viewer");
   section.hidden = false;
   $("#viewer-title").textContent = `${hit.slide} at ${hit.x}, ${hit.y}`;
-  $("#viewer-title").focus();
+  section.scrollIntoView({ block: "start" });
+  $("#viewer-title").focus({ preventScroll: true });
   if (remember) saveUrl(hit);
   const status = $("#viewer-status");
   if (!window.OpenSeadragon) {
