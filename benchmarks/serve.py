@@ -3,6 +3,7 @@
     python benchmarks/serve.py                                   # the tiny model, random weights
     python benchmarks/serve.py --model musk_large_patch16_384 --weights /path/model.safetensors --device cuda
     python benchmarks/serve.py --index INDEX_DIR ...             # + text-search latency through the service
+    python benchmarks/serve.py --vectors 1000000 --tokenizer tokenizer.spm   # ... on a random 1 M-vector index
 
 1. Image embedding throughput through the service (8 concurrent clients, base64 PNGs over loopback HTTP) against
    direct ``embed_images`` calls on the same images as files, in this process, in the same run: the ratio is the
@@ -48,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokenizer", default=None, help="tokenizer.spm (needed for --index with random weights)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--index", default=None, help="an index folder: also measure text-search latency")
+    p.add_argument("--vectors", type=int, default=0, help="without --index: build an index of this many random vectors")
     p.add_argument("--images", type=int, default=512, help="images embedded per measurement")
     p.add_argument("--image_size", type=int, default=224, help="side of the PNGs sent")
     p.add_argument("--per_request", type=int, default=4, help="images per request")
@@ -91,6 +93,28 @@ def start_service(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen
             pass
         time.sleep(0.2)
     sys.exit("musk serve did not become ready")
+
+
+def synthetic_index(lm, vectors: int, folder: Path) -> Path:
+    """An index of ``vectors`` random unit vectors (as ``proj`` features) in 100 slides, built by musk.search."""
+    from musk.search import build_index
+    from musk.wsi.h5 import write_patch_file
+
+    rng = np.random.default_rng(0)
+    features = folder / "features"
+    features.mkdir()
+    per_slide = -(-vectors // 100)
+    for slide in range(100):
+        n = min(per_slide, vectors - slide * per_slide)
+        values = rng.standard_normal((n, lm.embed_dim)).astype(np.float32)
+        values /= np.linalg.norm(values, axis=1, keepdims=True)
+        coords = np.stack([(np.arange(n) % 1000) * 256, (np.arange(n) // 1000) * 256], 1)
+        attrs = {"name": f"slide{slide:03d}", "patch_size": 256, "patch_size_level0": 256, "target_magnification": 20.0,
+                 "level0_magnification": 20.0, "encoder": lm.architecture, "weights_sha256": lm.weights_sha256,
+                 "feature_kind": "proj"}  # fmt: skip
+        write_patch_file(features / f"slide{slide:03d}.h5", coords, {"features": values}, attrs)
+    build_index([features], folder / "index", lm)
+    return folder / "index"
 
 
 def direct_rate(lm, paths: list[Path], batch_size: int) -> float:
@@ -168,6 +192,8 @@ def main() -> None:
         encoded = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in paths]
         bodies = [{"input": encoded[i : i + args.per_request]} for i in range(0, len(encoded), args.per_request)]
         lm = load(args.model, weights=weights_option(args.weights), device=args.device, tokenizer=args.tokenizer)
+        if args.vectors and not args.index:
+            args.index = str(synthetic_index(lm, args.vectors, Path(tmp)))
         proc, url = start_service(args, Path(tmp) / "serve.log")
         try:
             run_measurements(args, lm, paths, bodies, url, proc.pid)
@@ -191,7 +217,8 @@ def run_measurements(args, lm, paths, bodies, url, pid: int) -> None:
     print(f"service / direct: {ratio}")
     if args.index:
         p50, p95 = search_latency(url, args.searches)
-        print(f"text search through the service: p50 {p50:.1f} ms, p95 {p95:.1f} ms ({args.searches} queries)")
+        print(f"text search through the service, {args.vectors or 'the index'} vectors: p50 {p50:.1f} ms, "
+              f"p95 {p95:.1f} ms ({args.searches} queries, one at a time)")  # fmt: skip
     capacity = served / args.per_request
     statuses = overload(url, args.model, bodies, 4 * capacity, args.overload_s)
     healthy = httpx.get(f"{url}/healthz", timeout=10).status_code == 200

@@ -116,3 +116,17 @@ def test_short_keys_and_bad_limits_are_refused(monkeypatch, capsys):
     assert "at least 16 characters" in capsys.readouterr().err
     with pytest.raises(ValueError, match="timeout_s must be positive"):
         ServeSettings(timeout_s=0)
+
+
+def test_weights_that_cannot_load_stop_the_service_with_one_line(tmp_path, capsys):
+    """The model loads after the server has started (health checks answer meanwhile); its failure stops the
+    server and the command reports it like any other: one line, exit status 2."""
+    missing = tmp_path / "missing.safetensors"
+    assert main(["serve", "--port", "0", "--model", TINY, "--weights", str(missing), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "musk serve: error:" in err and "missing.safetensors" in err and "Traceback" not in err
+
+
+def test_a_folder_that_is_no_index_is_refused_before_serving(tmp_path, capsys):
+    assert main(["serve", "--port", "0", "--index", str(tmp_path), "--model", TINY, "--weights", "none"]) == 2
+    assert "musk serve: error:" in capsys.readouterr().err
