@@ -21,6 +21,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("openslide")
 
 from musk.search import open_index  # noqa: E402
+from musk.serve.slides import SlideNotFound, SlideTiles  # noqa: E402
 
 from musk import load  # noqa: E402
 from musk.cli import main  # noqa: E402
@@ -160,6 +161,14 @@ def test_slides_deep_zoom_and_patches_come_from_the_indexed_files(service, sampl
     assert httpx.get(f"{service.url}/v1/slides/cmu-a_files/{top + 1}/0_0.jpeg").status_code == 404
     assert httpx.get(f"{service.url}/v1/slides/cmu-a_files/{top}/99_0.jpeg").status_code == 404
     assert httpx.get(f"{service.url}/v1/slides/cmu-a/patch", params={"x": width, "y": 0}).status_code == 400
+
+
+def test_slides_without_a_file_are_listed_but_not_served(sample_slide, tmp_path):
+    tiles = SlideTiles([("kept", sample_slide), ("unknown", None), ("gone", tmp_path / "gone.svs")])
+    assert "kept" in tiles and "unknown" not in tiles and "gone" not in tiles
+    assert 'Width="2220"' in tiles.dzi("kept")
+    with pytest.raises(SlideNotFound, match="no slide named 'gone'"):
+        tiles.dzi("gone")
 
 
 def raw_get(url: str, path: str) -> int:

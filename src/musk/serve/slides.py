@@ -36,14 +36,14 @@ class SlideNotFound(LookupError):
 class SlideTiles:
     """Deep Zoom and patch images of the slides ``paths`` names (name -> file), opened on first use."""
 
-    def __init__(self, paths: Iterable[tuple[str, str | os.PathLike]]):
+    def __init__(self, paths: Iterable[tuple[str, str | os.PathLike | None]]):
         self._paths: dict[str, Path] = {}
         for name, path in paths:
-            resolved = Path(os.path.realpath(path))
-            if resolved.is_file():
+            resolved = Path(os.path.realpath(path)) if path is not None else None
+            if resolved is not None and resolved.is_file():
                 self._paths[name] = resolved
             else:
-                logger.warning("slide %s: no file at %s; its images will not be served", name, path)
+                logger.warning("slide %s: no slide file (%s); its images will not be served", name, path)
         self._open: OrderedDict[str, tuple] = OrderedDict()
         self._lock = threading.Lock()
 
