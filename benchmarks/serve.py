@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import json
 import os
 import socket
 import statistics
@@ -39,6 +40,7 @@ import musk  # noqa: F401  (registers the architectures)
 from musk import load
 from musk.models.weights import weights_option
 
+JSON = {"Content-Type": "application/json"}
 QUERIES = ["tumour budding at the invasive front", "mitotic figures", "lymphocytic infiltrate", "necrosis", "fat"]
 
 
@@ -124,17 +126,17 @@ def direct_rate(lm, paths: list[Path], batch_size: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def service_rate(url: str, model: str, bodies: list[dict], clients: int) -> float:
-    """Images per second with ``clients`` threads each sending its share of ``bodies`` one after another."""
+def service_rate(url: str, bodies: list[tuple[int, bytes]], clients: int) -> float:
+    """Images per second with ``clients`` threads each sending its share of ``bodies`` (image count, JSON) one
+    after another."""
     shares = [bodies[i::clients] for i in range(clients)]
 
-    def work(share: list[dict]) -> int:
+    def work(share: list[tuple[int, bytes]]) -> int:
         done = 0
         with httpx.Client(base_url=url, timeout=300) as client:
             for body in share:
-                response = client.post("/v1/embeddings", json={"model": model, **body})
-                response.raise_for_status()
-                done += len(body["input"])
+                client.post("/v1/embeddings", content=body[1], headers=JSON).raise_for_status()
+                done += body[0]
         return done
 
     with ThreadPoolExecutor(clients) as pool:
@@ -156,7 +158,7 @@ def search_latency(url: str, count: int) -> tuple[float, float]:
     return statistics.median(times) * 1000, quantiles[18] * 1000
 
 
-def overload(url: str, model: str, bodies: list[dict], rate: float, seconds: float) -> collections.Counter:
+def overload(url: str, bodies: list[tuple[int, bytes]], rate: float, seconds: float) -> collections.Counter:
     """Requests offered at ``rate`` per second for ``seconds`` (open loop: nobody waits for an answer before
     sending the next; bounded in count), their status codes."""
 
@@ -164,16 +166,16 @@ def overload(url: str, model: str, bodies: list[dict], rate: float, seconds: flo
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
-            async def send(body: dict):
+            async def send(body: bytes):
                 try:
-                    return (await client.post("/v1/embeddings", json={"model": model, **body})).status_code
+                    return (await client.post("/v1/embeddings", content=body, headers=JSON)).status_code
                 except httpx.TransportError as e:
                     return type(e).__name__
 
             start, tasks = time.perf_counter(), []
             for i in range(int(rate * seconds)):
                 await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-                tasks.append(asyncio.create_task(send(bodies[i % len(bodies)])))
+                tasks.append(asyncio.create_task(send(bodies[i % len(bodies)][1])))
             return collections.Counter(await asyncio.gather(*tasks))
 
     return asyncio.run(offer())
@@ -190,7 +192,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="musk-serve-bench-") as tmp:
         paths = make_images(args.images, args.image_size, Path(tmp))
         encoded = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in paths]
-        bodies = [{"input": encoded[i : i + args.per_request]} for i in range(0, len(encoded), args.per_request)]
+        chunks = [encoded[i : i + args.per_request] for i in range(0, len(encoded), args.per_request)]
+        bodies = [(len(c), json.dumps({"model": args.model, "input": c}).encode()) for c in chunks]  # encoded once
         lm = load(args.model, weights=weights_option(args.weights), device=args.device, tokenizer=args.tokenizer)
         if args.vectors and not args.index:
             args.index = str(synthetic_index(lm, args.vectors, Path(tmp)))
@@ -208,7 +211,7 @@ def run_measurements(args, lm, paths, bodies, url, pid: int) -> None:
     direct = direct_rate(lm, paths, args.batch_size)
     direct_cpu = (time.process_time() - cpu) / (len(paths) + args.batch_size)
     cpu = cpu_seconds(pid)
-    served = service_rate(url, args.model, bodies, args.clients)
+    served = service_rate(url, bodies, args.clients)
     served_cpu = (cpu_seconds(pid) - cpu) / (len(paths) + args.per_request)
     print(f"direct embed_images: {direct:8.1f} images/s, {1000 * direct_cpu:.2f} CPU ms/image")
     print(f"service, {args.clients} clients x {args.per_request} images/request: {served:8.1f} images/s, "
@@ -220,7 +223,7 @@ def run_measurements(args, lm, paths, bodies, url, pid: int) -> None:
         print(f"text search through the service, {args.vectors or 'the index'} vectors: p50 {p50:.1f} ms, "
               f"p95 {p95:.1f} ms ({args.searches} queries, one at a time)")  # fmt: skip
     capacity = served / args.per_request
-    statuses = overload(url, args.model, bodies, 4 * capacity, args.overload_s)
+    statuses = overload(url, bodies, 4 * capacity, args.overload_s)
     healthy = httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     print(f"overload at 4x capacity ({4 * capacity:.0f} requests/s for {args.overload_s:g} s): {dict(statuses)}")
     unexpected = {code: n for code, n in statuses.items() if code not in (200, 429, 503)}
