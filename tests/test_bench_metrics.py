@@ -193,3 +193,28 @@ def test_build_headlines_and_spread_from_hand_written_records(tmp_path):
     assert "## zeroshot_retrieval (image_retrieval_recall@5)" in md and "| arch | all | 0.5000 |" in md
     assert f"| crc | 4 | 0.7000 ± {np.std([0.6, 0.8], ddof=1):.4f} (n=2) |" in md
     assert sorted(p.name for p in written["plots"]) == ["knn.png", "knn_crc_fewshot.png", "zeroshot_retrieval.png"]
+
+
+def test_build_keeps_plots_and_cells_safe_whatever_the_records_say(tmp_path):
+    import csv
+    import json
+
+    from musk.bench.build import build
+
+    hostile = {"model": "=cmd|' /C calc'!A0", "pretrained": "p", "dataset": "../../../../escape", "seed": 0,
+               "n_samples": 10, "fewshot_k": None, "task": "../../../../escape_task",
+               "metrics": {"image_retrieval_recall@5": 0.5}}  # fmt: skip
+    shots = [{**hostile, "task": "knn", "fewshot_k": k, "metrics": {"balanced_acc": 0.5 + k / 100}} for k in (2, 4)]
+    results = tmp_path / "in" / "r.json"
+    results.parent.mkdir()
+    results.write_text("".join(json.dumps(r) + "\n" for r in [hostile, *shots]))
+    out = tmp_path / "deep" / "er" / "b.csv"
+    written = build([results], out)
+    plots = out.parent / "b_plots"
+    assert len(written["plots"]) == 3
+    assert all(p.parent == plots and p.is_file() for p in written["plots"])
+    outside = [p for p in tmp_path.rglob("*.png") if p.parent != plots]
+    assert outside == [] and not (tmp_path.parent / "escape_task.png").exists()
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["model"] for row in rows} == {"'=cmd|' /C calc'!A0"}

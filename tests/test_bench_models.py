@@ -276,7 +276,7 @@ def test_folder_splits_share_one_class_list_and_probes_need_every_class_in_train
     assert train.classes == test.classes == ["adenoma", "benign", "tumor"]
     assert train.labels.tolist() == [1, 1, 2, 2] and test.labels.tolist() == [0, 0, 1, 1, 2, 2]
     config = BenchConfig(
-        models=[("musk_tiny_patch16_64", "random")],
+        models=[("musk_tiny_patch16_64", "none")],
         datasets=["folder"],
         dataset_root=str(root),
         task="knn",
@@ -298,9 +298,9 @@ def test_folder_splits_share_one_class_list_and_probes_need_every_class_in_train
 
 def test_unknown_peer_model_names_are_reported_with_how_to_list_them():
     with pytest.raises(ValueError, match=r"timm:nosuch: timm has no model 'nosuch'.*timm\.list_models\(\)"):
-        load_adapter("timm:nosuch", "random")
+        load_adapter("timm:nosuch", "none")
     with pytest.raises(ValueError, match=r"Did you mean vit_base_patch16_224"):
-        load_adapter("timm:vit_base_patch16_22", "random")
+        load_adapter("timm:vit_base_patch16_22", "none")
     with pytest.raises(ValueError, match=r"open_clip has no model 'nosuch'.*open_clip\.list_models\(\)"):
         load_adapter("open_clip:nosuch", "")
     with pytest.raises(ValueError, match=r"no pretrained tag or file 'nosuchtag'.*list_pretrained_tags_by_model"):
@@ -309,7 +309,7 @@ def test_unknown_peer_model_names_are_reported_with_how_to_list_them():
 
 def test_an_unusable_output_path_stops_the_run_before_any_evaluation(tmp_path):
     """Checked first: the dataset folder does not even exist, and no model is loaded."""
-    config = BenchConfig(models=[("musk_tiny_patch16_64", "random")], datasets=["folder"],
+    config = BenchConfig(models=[("musk_tiny_patch16_64", "none")], datasets=["folder"],
                          dataset_root=str(tmp_path / "absent"), task="knn", output=str(tmp_path))  # fmt: skip
     with pytest.raises(ValueError, match=r"--output .* is a folder; name a results file"):
         run_benchmark(config)

@@ -384,7 +384,7 @@ def no_model(monkeypatch):
         raise AssertionError("the model was built")
 
     for command in ("embed", "zeroshot"):
-        monkeypatch.setattr(f"musk.cli.{command}.model_from_args", refuse)
+        monkeypatch.setattr(f"musk.cli.{command}.loaded_from_args", refuse)
 
 
 @pytest.mark.parametrize("command", ["embed", "zeroshot"])
@@ -451,7 +451,7 @@ def test_ctrl_c_is_one_line_and_status_130(monkeypatch, tmp_path, images, weight
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("musk.cli.embed.embed_images", interrupted)
+    monkeypatch.setattr("musk.loaded.embed_images", interrupted)
     assert run("embed", images["grey"], "-o", tmp_path / "e.npz", *model_args(weights)) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "musk embed: interrupted"
@@ -674,3 +674,122 @@ def test_the_command_starts_with_only_the_core_installed():
         assert proc.stdout.startswith("usage: musk")
         if argv == ["--help"]:
             assert all(command in proc.stdout for command in ("bench", "wsi", "mil", "vqa", "pretrain"))
+
+
+# ---- hardening (issue 19): outputs, inputs, options, the hub ------------------------------------------
+
+
+def test_embed_refuses_an_output_that_is_not_npz(tmp_path, images, weights, no_model, capsys):
+    assert run("embed", images["grey"], "-o", tmp_path / "out.csv", *model_args(weights)) == 2
+    assert "writes .npz files" in error_line(capsys, "embed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mistyped_option_is_named_not_reported_as_a_missing_one(images, capsys):
+    with pytest.raises(SystemExit) as info:
+        run("embed", images["grey"], "--outptu", "x.npz")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --outptu (did you mean --output?)" in err
+    assert "required" not in err
+
+
+def test_an_output_where_nothing_can_be_written_is_refused_before_any_work(images, weights, no_model, capsys):
+    assert run("embed", images["grey"], "-o", "/proc/musk-test/e.npz", *model_args(weights)) == 2
+    line = error_line(capsys, "embed")
+    assert "/proc/musk-test/e.npz" in line and "cannot write in /proc" in line
+
+
+def test_a_full_disk_is_one_line_saying_what_to_do(monkeypatch, tmp_path, images, weights, capsys):
+    import errno
+
+    def full(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("musk.embed.Embeddings.save", full)
+    assert run("embed", images["grey"], "-o", tmp_path / "e.npz", *model_args(weights)) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("musk embed: error: ")
+    assert "No space left on device" in line and "e.npz" in line and "free some space" in line
+
+
+def test_a_named_pipe_or_broken_link_among_the_inputs_is_listed_as_failed(tmp_path, images, weights):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.png")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    out = tmp_path / "e.npz"
+    cmd = [sys.executable, "-m", "musk", "embed", folder, folder / "pipe.png", images["grey"], "-o", out]
+    proc = subprocess.run([str(c) for c in [*cmd, *model_args(weights)]], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    data = load_npz(out)
+    assert data["files"].tolist() == [str(images["grey"])]
+    assert sorted(data["failed_files"].tolist()) == [str(folder / "gone.png"), str(folder / "pipe.png")]
+    errors = " ".join(data["failed_errors"].tolist())
+    assert "broken symbolic link" in errors and "not a regular file" in errors
+
+
+def test_zeroshot_table_cells_are_safe_for_spreadsheets(tmp_path, images, weights, tokenizer_file, capsys):
+    out = tmp_path / "zs.csv"
+    classes = ['=HYPERLINK("http://x","y")', "stroma"]
+    args = ["zeroshot", images["grey"], "--classes", *classes, "--tokenizer", tokenizer_file, "-o", out]
+    assert run(*args, *model_args(weights)) == 0
+    rows = read_csv(out.read_text())
+    assert rows[0] == ["file", "'" + classes[0], "stroma", "prediction"]
+    assert rows[1][-1] in ("'" + classes[0], "stroma")
+    assert read_csv(capsys.readouterr().out)[0] == rows[0]
+
+
+def test_a_missing_tokenizer_names_the_option_before_the_model_loads(monkeypatch, tmp_path, images, weights, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("musk.loaded.create_model", refuse)
+    args = ["zeroshot", images["grey"], "--classes", *CLASSES, "--tokenizer", tmp_path / "no.spm"]
+    assert run(*args, *model_args(weights)) == 2
+    line = error_line(capsys, "zeroshot")
+    assert "no.spm does not exist" in line and "--tokenizer" in line
+
+
+def test_a_tokenizer_the_hub_cannot_give_names_the_tokenizer_option(monkeypatch, images, weights, capsys):
+    import huggingface_hub
+
+    def refuse(repo_id, filename, **kwargs):
+        raise hub_error(huggingface_hub.utils.GatedRepoError)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", refuse)
+    assert run("zeroshot", images["grey"], "--classes", *CLASSES, *model_args(weights)) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("musk zeroshot: error: ")
+    assert "--tokenizer PATH" in line and "--set tokenizer=PATH" in line and "--weights PATH" not in line
+
+
+def test_an_unreachable_hub_is_detected_once_and_only_the_cache_is_asked(monkeypatch, tmp_path):
+    import socket
+
+    import musk.models.weights as weights_module
+
+    probes, calls = [], []
+
+    def no_network(address, timeout=None):
+        probes.append(address)
+        raise OSError("Name or service not known")
+
+    def cache_only(repo_id, filename, **kwargs):
+        calls.append(kwargs)
+        raise hub_error(__import__("huggingface_hub").utils.LocalEntryNotFoundError)
+
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(weights_module, "_hub_reachable", None)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", cache_only)
+    for _ in range(2):
+        with pytest.raises(musk.WeightsUnavailableError, match="set HF_HUB_OFFLINE=1"):
+            musk.get_tokenizer(cache_dir=tmp_path)
+    assert len(probes) == 1 and probes[0][0] == "huggingface.co"
+    assert calls == [{"cache_dir": tmp_path, "local_files_only": True}] * 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image, TiffImagePlugin
 from musk.images import (
     IMAGE_EXTENSIONS,
     ImageBatch,
-    ImageFileDataset,
+    ImageDataset,
     ImageItem,
     ImageLoadError,
     LoadFailure,
@@ -165,34 +164,82 @@ def test_multipage_tiff_gives_the_largest_page(tmp_path):
 
 
 # ---- large images and Pillow's pixel limit -------------------------------------------------------------
-def test_huge_image_loads_without_the_decompression_bomb_warning(tmp_path):
-    path = tmp_path / "huge.png"
-    big = Image.new("L", (12000, 12000), 200)  # 144 M pixels: above Pillow's ~89 M warning threshold
-    big.paste(10, (0, 0, 100, 100))
-    big.save(path, compress_level=1)
-    del big
-    limit = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with pytest.raises(Image.DecompressionBombWarning):
-            Image.open(path)  # plain Pillow would refuse it here
-        image = load_image(path)
-    assert image.size == (12000, 12000) and image.mode == "RGB"
-    assert image.getpixel((0, 0)) == (10, 10, 10) and image.getpixel((11999, 11999)) == (200, 200, 200)
-    assert Image.MAX_IMAGE_PIXELS == limit  # the global limit is back as it was
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header declares ``width`` x ``height`` pixels and whose image data is cut short: reading
+    its size works, decoding it would fail with 'truncated'."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    data = zlib.compress(b"\0" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
 
 
-def test_pixel_limit_is_lifted_only_during_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 100x100 is past 2x: DecompressionBombError
+def test_a_declared_size_over_the_limit_is_refused_before_decoding(tmp_path):
+    bomb = png_header_only(tmp_path / "bomb.png", 10_000, 10_000)  # 100 M pixels, a 100-byte file
+    assert bomb.stat().st_size < 200
+    with pytest.raises(ImageLoadError, match=r"bomb\.png.*100000000 pixels exceeds max_pixels=89478485"):
+        load_image(bomb)
+    with pytest.raises(ImageLoadError, match="truncated|broken data stream"):  # decoded only when allowed to
+        load_image(bomb, max_pixels=10**9)
+    huge = png_header_only(tmp_path / "huge.png", 30_000, 30_000)  # 900 M pixels: Pillow's own guard too
+    with pytest.raises(ImageLoadError, match=r"huge\.png"):
+        load_image(huge, max_pixels=None)
+
+
+def test_loads_never_touch_pillows_process_wide_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a user's own setting: 100x100 is past 2x
     Image.new("RGB", (100, 100), (5, 6, 7)).save(tmp_path / "x.png")
-    with pytest.raises(Image.DecompressionBombError):
-        Image.open(tmp_path / "x.png")
-    with ThreadPoolExecutor(4) as pool:  # concurrent loads: each must see the limit lifted
-        results = list(pool.map(load_image, [tmp_path / "x.png"] * 32))
-    assert all(r.getpixel((50, 50)) == (5, 6, 7) for r in results)
-    assert Image.MAX_IMAGE_PIXELS == 1000
-    with pytest.raises(Image.DecompressionBombError):
-        Image.open(tmp_path / "x.png")
+    Image.new("RGB", (20, 20), (5, 6, 7)).save(tmp_path / "small.png")
+    seen = set()
+    stop = False
+
+    def watch():
+        while not stop:
+            seen.add(Image.MAX_IMAGE_PIXELS)
+
+    import threading
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:  # concurrent loads: another thread never sees the guard lowered
+            results = list(pool.map(load_image, [tmp_path / "small.png"] * 32))
+        with pytest.raises(ImageLoadError, match=r"x\.png.*MAX_IMAGE_PIXELS"):
+            load_image(tmp_path / "x.png")  # the user's guard holds for our loads too
+    finally:
+        stop = True
+        watcher.join()
+    assert seen == {1000}
+    assert all(r.getpixel((5, 5)) == (5, 6, 7) for r in results)
+
+
+def test_a_named_pipe_or_a_broken_link_is_refused_without_reading(tmp_path):
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    outcome = {}
+
+    def read_pipe():
+        try:
+            load_image(tmp_path / "pipe.png")
+        except ImageLoadError as e:
+            outcome["error"] = str(e)
+
+    reader = threading.Thread(target=read_pipe, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "load_image blocked on a named pipe"
+    assert "pipe.png" in outcome["error"] and "not a regular file" in outcome["error"]
+    with pytest.raises(ImageLoadError, match=r"gone\.png.*broken symbolic link"):
+        load_image(tmp_path / "gone.png")
+    assert list_images(tmp_path) == [tmp_path / "gone.png"]  # listed, to be reported as failed
 
 
 def test_max_pixels_limit_names_the_file(tmp_path):
@@ -290,6 +337,10 @@ def test_list_images_errors(tmp_path):
         list_images([tmp_path / "empty"])
     with pytest.raises(ValueError, match="no image files"):
         list_images([])
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "case1.svs").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"1 whole-slide file\(s\) such as case1\.svs: use `musk wsi`"):
+        list_images([tmp_path / "slides"])
 
 
 # ---- dataset and collation ----------------------------------------------------------------------------
@@ -320,7 +371,7 @@ def test_dataloader_with_workers_goes_on_past_a_corrupt_file(tmp_path, demo_imag
     paths.insert(3, bad)
     paths.append(tmp_path / "deleted.png")  # listed, then gone before loading
 
-    dataset = ImageFileDataset(paths, get_transform(MUSK(embed_dim=64, depth=2, num_heads=4, ffn_dim=256, img_size=32)))
+    dataset = ImageDataset(paths, get_transform(MUSK(embed_dim=64, depth=2, num_heads=4, ffn_dim=256, img_size=32)))
     loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=collate_images)
     images, indices, failures = [], [], []
     for batch in loader:

@@ -158,6 +158,7 @@ def test_hub_download_goes_through_the_standard_cache(monkeypatch, tmp_path, sta
         return str(path)
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    monkeypatch.setattr("musk.models.weights._hub_reachable", True)  # an online hub
     model = musk.create_model(TINY, pretrained="hf_hub:someone/musk-tiny", cache_dir=tmp_path / "cache")
     assert same_weights(model, state)
     assert calls == [("someone/musk-tiny", "model.safetensors", {"cache_dir": tmp_path / "cache"})]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import shared_path
-from musk.models.loading import WeightsUnavailableError
+from musk.models import WeightsUnavailableError
 from musk.tokenizer import MuskTokenizer, get_tokenizer, tokenize_for_musk
 
 
@@ -188,7 +188,7 @@ def test_a_file_that_is_not_a_sentencepiece_model_is_named(tmp_path: Path) -> No
 def test_get_tokenizer_from_hub(monkeypatch, tokenizer_file: Path, tmp_path: Path) -> None:
     calls = []
 
-    def fake_download(repo_id: str, filename: str, cache_dir=None) -> Path:
+    def fake_download(repo_id: str, filename: str, cache_dir=None, alternative=None) -> Path:
         calls.append((repo_id, filename, cache_dir))
         return tokenizer_file
 
@@ -199,7 +199,7 @@ def test_get_tokenizer_from_hub(monkeypatch, tokenizer_file: Path, tmp_path: Pat
 
 
 def test_get_tokenizer_hub_failure_propagates(monkeypatch) -> None:
-    def failing_download(repo_id: str, filename: str, cache_dir=None) -> Path:
+    def failing_download(repo_id: str, filename: str, cache_dir=None, alternative=None) -> Path:
         raise WeightsUnavailableError(f"Cannot get {filename} of {repo_id}: log in")
 
     monkeypatch.setattr("musk.tokenizer.download_from_hub", failing_download)

@@ -53,14 +53,37 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def check_file_target(path: str | os.PathLike, label: str, what: str = "file") -> None:
-    """``ValueError`` (saying ``label path``) unless a file can be written at ``path``: it is not a folder, and no
-    file stands where one of its folders would be. Run before the work whose result goes there."""
+    """``ValueError`` (saying ``label path``) unless a file can be written at ``path``: it is not a folder, no
+    file stands where one of its folders would be, and the folder (or the nearest existing one above it) takes
+    new files. Run before the work whose result goes there."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{label} {path} is a folder; name a {what} in it")
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise ValueError(f"{label} {path} cannot be created: {blocker} is a file, not a folder")
+    check_writable_folder(next(p for p in path.absolute().parents if p.exists()), f"{label} {path}")
+
+
+def check_writable_folder(folder: str | os.PathLike, label: str) -> None:
+    """``ValueError`` saying ``label`` unless a new file can be made in ``folder`` (tried, then removed: the
+    permission bits do not tell for root, read-only mounts or full disks)."""
+    folder = Path(folder)
+    probe = folder / f".musk-write-check-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as e:
+        raise ValueError(f"{label}: cannot write in {folder} ({e.strerror or e}); choose another place") from None
+    probe.unlink(missing_ok=True)
+
+
+def safe_filename(name: str) -> str:
+    """``name`` made safe as one file name inside a folder of ours: path separators, NUL and other control
+    characters become ``_``, as do leading dots (so ``..``, ``.hidden`` or the stem of ``...svs`` stay inside
+    the folder and visible); an empty name becomes ``_``."""
+    text = "".join("_" if ch in "/\\" or ord(ch) < 32 or ch == "\x7f" else ch for ch in str(name))
+    stripped = text.lstrip(".")
+    return "_" * (len(text) - len(stripped)) + stripped or "_"
 
 
 def _new_file_beside(path: Path) -> Path:

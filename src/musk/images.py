@@ -12,20 +12,18 @@ Conversions made by :func:`load_image`:
 - Grey, 1-bit, palette, CMYK, YCbCr, LAB, HSV go through Pillow's conversion to RGB.
 - A multi-page TIFF (including Aperio .svs) gives its largest page, the first one on a tie.
 
-Pillow's decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``, a warning above ~89 M pixels and an
-error above twice that) is replaced by this module's own limit, ``max_pixels``: while a file is being
-decoded the global is set to ``None`` and it is restored as soon as no load of this module is running
-(a counter under a lock, so concurrent loads in threads are safe and the previous value always comes
-back). Larger images raise :class:`ImageLoadError`; whole-slide images belong to ``musk.wsi``.
+Images larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`, about 89 M pixels) are refused from
+their declared size, before any pixel is decoded: a 150 KB PNG can declare 30000 x 30000 pixels (2.7 GB as
+RGB). Pillow's own process-wide guard (``PIL.Image.MAX_IMAGE_PIXELS``) is left as it is; above twice its value
+Pillow refuses the file itself, so a larger ``max_pixels`` needs that raised too. Whole-slide images belong to
+``musk.wsi``. Only regular files are read: a named pipe or a device would block or never end.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,11 +35,15 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "ImageBatch",
-    "ImageFileDataset",
+    "ImageDataset",
+    "ImageInput",
     "ImageItem",
     "ImageLoadError",
     "LoadFailure",
+    "SLIDE_EXTENSIONS",
+    "check_image_input",
     "collate_images",
+    "image_name",
     "list_images",
     "load_image",
     "to_rgb",
@@ -49,8 +51,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 1 << 30
-"""Largest image (width x height) :func:`load_image` decodes by default: 1 Gi pixels, 3 GiB as RGB."""
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Largest image (width x height) :func:`load_image` decodes by default: Pillow's own warning threshold,
+about 89 M pixels (256 MiB as RGB). Pass ``max_pixels`` (``--max_pixels`` in the CLI) for larger ones."""
+
+SLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".czi")
+"""Whole-slide formats: a folder of these goes to ``musk wsi``, not to the patch-level commands."""
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 """Extensions :func:`list_images` collects from directories (case-insensitive). Whole-slide formats
@@ -63,30 +69,6 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
 
 class ImageLoadError(ValueError):
     """A file that exists but cannot be read as an image; the message names the file and the reason."""
-
-
-# ---- Pillow's global pixel limit, lifted only while this module decodes -----------------------------
-_limit_lock = threading.Lock()
-_limit_users = 0
-_saved_limit: int | None = None
-
-
-@contextmanager
-def _pillow_pixel_limit_lifted() -> Iterator[None]:
-    global _limit_users, _saved_limit
-    with _limit_lock:
-        if _limit_users == 0:
-            _saved_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-        _limit_users += 1
-    try:
-        yield
-    finally:
-        with _limit_lock:
-            _limit_users -= 1
-            # Someone may have set their own limit meanwhile: keep theirs.
-            if _limit_users == 0 and Image.MAX_IMAGE_PIXELS is None:
-                Image.MAX_IMAGE_PIXELS = _saved_limit
 
 
 # ---- pixel conversions --------------------------------------------------------------------------------
@@ -144,20 +126,20 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     """Read an image file as an 8-bit RGB PIL image, orientation and transparency resolved.
 
     Raises ``FileNotFoundError`` for a missing path and :class:`ImageLoadError` (naming the file and the
-    reason) for anything that cannot be decoded, including images of more than ``max_pixels`` pixels
-    (``None``: no limit).
+    reason) for anything that cannot be decoded, a path that is not a regular file (a folder, a named pipe, a
+    broken link), and images of more than ``max_pixels`` pixels (``None``: no limit of ours).
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+    _check_regular_file(path)
     try:
-        with _pillow_pixel_limit_lifted(), Image.open(path) as src:
+        with Image.open(path) as src:
             _select_largest_page(src)
             pixels = src.width * src.height
             if max_pixels is not None and pixels > max_pixels:
                 raise ImageLoadError(
                     f"cannot load image {str(path)!r}: {src.width}x{src.height} = {pixels} pixels exceeds "
-                    f"max_pixels={max_pixels} (read whole slides with `musk wsi`; musk.load_image takes a larger limit)"
+                    f"max_pixels={max_pixels} (read whole slides with `musk wsi`; --max_pixels / max_pixels= "
+                    "raises the limit for an image you trust)"
                 )
             src.load()
             oriented = ImageOps.exif_transpose(src)  # always a new image, detached from the file
@@ -166,19 +148,34 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         raise
     except (MemoryError, KeyboardInterrupt):
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(
+            f"cannot load image {str(path)!r}: {exc} (Pillow's own limit, PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from exc
     except Exception as exc:  # corrupt files surface as many exception types from Pillow's plugins
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise ImageLoadError(f"cannot load image {str(path)!r}: {reason}") from exc
 
 
+def _check_regular_file(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise ImageLoadError(f"cannot load image {str(path)!r}: a broken symbolic link")
+    if not path.exists():
+        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a pipe, socket or device)"
+        raise ImageLoadError(f"cannot load image {str(path)!r}: {kind}")
+
+
 # ---- listing files --------------------------------------------------------------------------------------
 def _images_under(directory: Path) -> list[Path]:
+    """Image files under ``directory``; broken links with an image extension too (they are reported as failed)."""
     found = []
     for path in directory.rglob("*"):
         relative = path.relative_to(directory).parts
         if any(part.startswith(".") for part in relative):  # hidden files, macOS "._x.jpg", .git ...
             continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+        if path.suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or path.is_symlink()):
             found.append(path)
     return sorted(found)
 
@@ -186,8 +183,10 @@ def _images_under(directory: Path) -> list[Path]:
 def list_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     """Image files named by ``inputs``: files are kept as given (any extension), directories are searched
     recursively for :data:`IMAGE_EXTENSIONS` (sorted, hidden entries skipped). A path named twice is kept once.
+    Broken links are kept, to be reported as failed.
 
-    Raises ``FileNotFoundError`` naming a path that does not exist, ``ValueError`` when nothing is found.
+    Raises ``FileNotFoundError`` naming a path that does not exist, ``ValueError`` when nothing is found (saying
+    so when the folders hold whole-slide files, which ``musk wsi`` reads).
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -199,7 +198,7 @@ def list_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
             candidates = _images_under(path)
             if not candidates:
                 logger.warning("no images (%s) under %s", ", ".join(IMAGE_EXTENSIONS), path)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             candidates = [path]
         else:
             raise FileNotFoundError(f"input {str(path)!r} does not exist")
@@ -209,9 +208,18 @@ def list_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
                 seen.add(key)
                 result.append(candidate)
     if not result:
-        shown = ", ".join(str(Path(p)) for p in inputs) or "(no inputs)"
-        raise ValueError(f"no image files found in {shown} (extensions searched: {', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(_nothing_found(inputs))
     return result
+
+
+def _nothing_found(inputs: Sequence[str | Path]) -> str:
+    shown = ", ".join(str(Path(p)) for p in inputs) or "(no inputs)"
+    message = f"no image files found in {shown} (extensions searched: {', '.join(IMAGE_EXTENSIONS)})"
+    slides = [p for item in inputs if Path(item).is_dir() for p in Path(item).rglob("*")
+              if p.suffix.lower() in SLIDE_EXTENSIONS]  # fmt: skip
+    if slides:
+        message += f"; it holds {len(slides)} whole-slide file(s) such as {slides[0].name}: use `musk wsi` for slides"
+    return message
 
 
 # ---- dataset and collation ------------------------------------------------------------------------------
@@ -241,29 +249,75 @@ class ImageBatch(NamedTuple):
     failures: list[LoadFailure]
 
 
-class ImageFileDataset(torch.utils.data.Dataset):
-    """Image files -> :class:`ImageItem`; a file that fails to load gives an item with its error instead
-    of raising, so one bad file does not stop a run. Use with ``collate_fn=collate_images``."""
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+"""What the embedding functions take for one image: a file path, a PIL image, an (H, W) or (H, W, 3|4) uint8
+array, or a float tensor (3, S, S) already preprocessed."""
 
-    def __init__(self, paths: Sequence[str | Path], transform: Callable[[Image.Image], torch.Tensor]):
-        self.paths = [Path(p) for p in paths]
+
+def check_image_input(item: ImageInput, index: int) -> Path | Image.Image | torch.Tensor:
+    """One input as a path, a PIL image or a preprocessed tensor; ``TypeError``/``ValueError`` naming
+    ``images[index]`` for anything else."""
+    if isinstance(item, (str, os.PathLike)):
+        return Path(item)
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
+            raise ValueError(
+                f"images[{index}]: an array must be uint8 of shape (H, W), (H, W, 3) or (H, W, 4), "
+                f"got {item.dtype} {item.shape}"
+            )
+        return Image.fromarray(item)
+    if isinstance(item, torch.Tensor):
+        if not item.is_floating_point() or item.ndim != 3 or item.shape[0] != 3:
+            raise ValueError(
+                f"images[{index}]: a tensor must be a preprocessed float image of shape (3, S, S) "
+                f"(see musk.get_transform), got {item.dtype} {tuple(item.shape)}"
+            )
+        return item
+    raise TypeError(
+        f"images[{index}]: expected a path, PIL image, uint8 array or float tensor, got {type(item).__name__}"
+    )
+
+
+def image_name(item: Path | Image.Image | torch.Tensor, index: int) -> str:
+    """How results and failures name an input: its path, or ``<image i>`` for an in-memory image."""
+    return str(item) if isinstance(item, Path) else f"<image {index}>"
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images (see :data:`ImageInput`) -> :class:`ImageItem`. A file that fails to load gives an item with its
+    error instead of raising, so one bad file does not stop a run. Use with ``collate_fn=collate_images``."""
+
+    def __init__(
+        self,
+        images: Sequence[ImageInput],
+        transform: Callable[[Image.Image], torch.Tensor],
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
+        self.items = [check_image_input(item, i) for i, item in enumerate(images)]
         self.transform = transform
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> ImageItem:
-        path = self.paths[index]
+        item = self.items[index]
+        if isinstance(item, torch.Tensor):
+            return ImageItem(item, index)
+        if isinstance(item, Image.Image):
+            return ImageItem(self.transform(to_rgb(item)), index)
         try:
-            image = load_image(path)
+            image = load_image(item, max_pixels=self.max_pixels)
         except (ImageLoadError, OSError) as exc:  # OSError: missing or unreadable file
-            logger.debug("skipping %s: %s", path, exc)
+            logger.debug("skipping %s: %s", item, exc)
             return ImageItem(None, index, str(exc))
         return ImageItem(self.transform(image), index)
 
 
 def collate_images(batch: Sequence[ImageItem | tuple]) -> ImageBatch:
-    """DataLoader ``collate_fn`` for :class:`ImageFileDataset`: stacks the successes, lists the failures."""
+    """DataLoader ``collate_fn`` for :class:`ImageDataset`: stacks the successes, lists the failures."""
     images, indices, failures = [], [], []
     for item in batch:
         image, index, error = ImageItem(*item)

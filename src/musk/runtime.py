@@ -1,4 +1,12 @@
-"""The run-time choices every job shares: the device, the precision and the seed."""
+"""The run-time choices every job shares: the device, the precision and the seed.
+
+Precision means one thing per kind of work:
+
+- **inference** (embedding, zero-shot, WSI features, the benchmark, search, serving, MIL and VQA evaluation):
+  the weights and inputs are cast to the precision's dtype (:func:`inference_dtype`), outputs come back as fp32;
+- **training** (MIL, VQA, pretraining): fp32 weights with autocast to the precision's dtype, and a gradient
+  scaler for fp16 (``musk.training.precision``; accelerate's mixed precision where accelerate runs the loop).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +16,22 @@ import numpy as np
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = tuple(DTYPES)
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device ``name`` stands for ("auto": the first of cuda, mps, cpu); ``ValueError`` if it is unusable here."""
-    if name != "auto":
+def inference_dtype(precision: str) -> torch.dtype:
+    """The dtype the weights and inputs are cast to for inference in ``precision`` (fp32, fp16 or bf16)."""
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return DTYPES[precision]
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """The device ``name`` stands for (None or "auto": the first of cuda, mps, cpu); ``ValueError`` if it is
+    unusable here."""
+    if isinstance(name, torch.device):
+        return _usable_device(str(name))
+    if name not in (None, "auto"):
         return _usable_device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")

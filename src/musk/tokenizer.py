@@ -18,13 +18,13 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-from .models.loading import download_from_hub
+from .models.registry import published_repo
+from .models.weights import ResolvedWeights, download_from_hub
 
-__all__ = ["HUB_REPO_ID", "TOKENIZER_FILENAME", "MuskTokenizer", "get_tokenizer", "tokenize_for_musk"]
+__all__ = ["TOKENIZER_FILENAME", "MuskTokenizer", "find_tokenizer", "get_tokenizer", "tokenize_for_musk"]
 
 logger = logging.getLogger(__name__)
 
-HUB_REPO_ID = "xiangjx/musk"
 TOKENIZER_FILENAME = "tokenizer.spm"
 
 _FAIRSEQ_OFFSET = 1
@@ -162,14 +162,42 @@ class MuskTokenizer:
         return ids, padding_mask
 
 
+#: What a user can give instead of the hub's tokenizer, for error messages.
+TOKENIZER_ALTERNATIVE = (
+    "pass --tokenizer PATH/tokenizer.spm (tokenizer=PATH in Python; --set tokenizer=PATH for pretraining), "
+    "or put tokenizer.spm beside local weights"
+)
+
+
 def get_tokenizer(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> MuskTokenizer:
-    """The MUSK tokenizer from a local ``tokenizer.spm``, or from the hub (``xiangjx/musk``) when ``path`` is None.
+    """The MUSK tokenizer from a local ``tokenizer.spm``, or from the published hub repository when ``path`` is None.
 
     Hub downloads go through the huggingface cache (``cache_dir``, ``HF_TOKEN`` and offline mode honoured);
-    a failure raises :class:`musk.models.loading.WeightsUnavailableError` saying what to do.
+    a failure raises :class:`musk.models.WeightsUnavailableError` saying what to do.
     """
-    if path is None:
-        model_file = download_from_hub(HUB_REPO_ID, TOKENIZER_FILENAME, cache_dir=cache_dir)
-    else:
-        model_file = Path(path).expanduser()
-    return MuskTokenizer(model_file)
+    if path is not None:
+        return MuskTokenizer(checked_tokenizer_path(path))
+    return MuskTokenizer(download_from_hub(published_repo(), TOKENIZER_FILENAME, cache_dir, TOKENIZER_ALTERNATIVE))
+
+
+def checked_tokenizer_path(path: str | os.PathLike) -> Path:
+    """``path`` as a tokenizer file that exists (checked before any model loads)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer {path} does not exist (--tokenizer / tokenizer=: a tokenizer.spm file)")
+    return path
+
+
+def find_tokenizer(
+    tokenizer: str | os.PathLike | None, weights: ResolvedWeights | None = None, cache_dir=None
+) -> MuskTokenizer:
+    """The tokenizer that goes with ``weights``: the one given, else ``tokenizer.spm`` beside local weights,
+    else the hub's (the weights' repository, or the published one)."""
+    if tokenizer is not None:
+        return get_tokenizer(tokenizer)
+    if weights is not None and weights.path is not None and weights.repo_id is None:
+        beside = weights.path.parent / TOKENIZER_FILENAME
+        if beside.is_file():
+            return MuskTokenizer(beside)
+    repo_id = weights.repo_id if weights is not None and weights.repo_id else published_repo()
+    return MuskTokenizer(download_from_hub(repo_id, TOKENIZER_FILENAME, cache_dir, TOKENIZER_ALTERNATIVE))

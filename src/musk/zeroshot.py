@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .models import MUSK
 from .streams import run_in_streams
+from .tables import write_csv, write_csv_rows
 
 #: Generic pathology prompts; ``{}`` (or ``{c}``) is replaced by the class name.
 DEFAULT_TEMPLATES = (
@@ -20,6 +26,22 @@ DEFAULT_TEMPLATES = (
 )
 #: Format fields that stand for the class name in a template.
 PLACEHOLDERS = frozenset({"", "0", "c"})
+
+
+@dataclass
+class ZeroShotResult:
+    """Row ``i`` of ``probabilities`` (N, C) belongs to ``files[i]``; columns follow ``classes``; ``failed`` maps
+    the files that did not load to why."""
+
+    probabilities: np.ndarray
+    files: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def predictions(self) -> list[str]:
+        """The most probable class of each row."""
+        return [self.classes[i] for i in self.probabilities.argmax(axis=1).tolist()] if len(self.files) else []
 
 
 def fill_template(template: str, class_name: str) -> str:
@@ -107,3 +129,19 @@ def zero_shot_classify(
         chunks = (chunk.to(param.device, param.dtype) for chunk in images.split(batch_size))
         feats = [run_in_streams(encode, chunk, streams) for chunk in chunks]
     return probabilities(model, torch.cat(feats), classes)
+
+
+def write_table(result: ZeroShotResult, target: str | os.PathLike | IO[str]) -> None:
+    """The ``musk zeroshot`` table: ``file``, one probability column per class (4 decimals), ``prediction``;
+    files that failed follow with empty probabilities and ``FAILED: reason``. ``target``: a path (written
+    atomically) or an open text stream."""
+    header = ["file", *result.classes, "prediction"]
+    rows = [
+        [name, *(f"{p:.4f}" for p in row), best]
+        for name, row, best in zip(result.files, result.probabilities.tolist(), result.predictions, strict=True)
+    ]
+    rows += [[name, *([""] * len(result.classes)), "FAILED: " + error] for name, error in result.failed.items()]
+    if isinstance(target, (str, os.PathLike)):
+        write_csv(Path(target), header, rows)
+    else:
+        write_csv_rows(target, header, rows)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..files import atomic_path
+from ..files import atomic_path, safe_filename
+from ..tables import write_csv
 from .results import all_records
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ def plot(stats: pd.DataFrame, folder: Path) -> list[Path]:
         ax.set_ylabel(rows["metric"].iloc[0])
         ax.set_title(task)
         ax.legend(fontsize="small")
-        path = folder / f"{task}.png"
+        path = folder / f"{safe_filename(task)}.png"
         _save(figure, path)
         plt.close(figure)
         written.append(path)
@@ -152,7 +153,7 @@ def plot(stats: pd.DataFrame, folder: Path) -> list[Path]:
             ax.set_ylabel(rows["metric"].iloc[0])
             ax.set_title(f"{task}: {dataset}")
             ax.legend(fontsize="small")
-            path = folder / f"{task}_{dataset}_fewshot.png"
+            path = folder / safe_filename(f"{task}_{dataset}_fewshot.png")
             _save(figure, path)
             plt.close(figure)
             written.append(path)
@@ -163,8 +164,7 @@ def build(files: Sequence[str | os.PathLike], output: str | os.PathLike = "bench
     """Merge result files into ``output`` (CSV), ``<output stem>.md`` and PNG plots in ``<output stem>_plots/``."""
     output = Path(output)
     table = records_table(files)
-    with atomic_path(output) as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(output, list(table.columns), table.astype(object).where(table.notna(), "").itertuples(index=False))
     stats = summary(table)
     md = output.with_suffix(".md")
     with atomic_path(md) as tmp:

@@ -2,13 +2,13 @@
 
 A model is named as in the upstream ``models.txt``: ``name,pretrained``.
 
-- ``musk_*`` (any registered MUSK architecture): ``pretrained`` is a hub id (``hf_hub:xiangjx/musk``), a local
-  file or directory, or ``random`` (random weights, for tests).
+- ``musk_*`` (any registered MUSK architecture): ``pretrained`` is ``published`` (its published weights), a hub
+  id (``hf_hub:xiangjx/musk``), a local file or directory, or ``none`` (random weights, for tests).
 - ``open_clip:<model name or hf-hub:owner/repo>``: ``pretrained`` is an open_clip tag or checkpoint file
   (empty for ``hf-hub:`` names). QuiltNet, BiomedCLIP, PLIP-style CLIPs.
 - ``hf_clip:<hub id or folder>``: a transformers ``CLIPModel`` (``pretrained`` unused).
 - ``timm:<model name>``: an image-only timm encoder; ``pretrained`` is a checkpoint file, ``timm`` for timm's
-  own weights, or ``random``. Image tasks only.
+  own weights, or ``none`` (random weights). Image tasks only.
 
 The optional libraries (open_clip, transformers) are imported only when such a model is asked for.
 """
@@ -16,7 +16,6 @@ The optional libraries (open_clip, transformers) are imported only when such a m
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..files import file_sha256
+from ..loaded import parameters_sha256
 from ..streams import run_in_streams
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class ModelAdapter:
         return self._weights_id
 
     def _compute_weights_id(self) -> str:
-        return state_dict_sha256(self.module)
+        return parameters_sha256(self.module)
 
     def identity(self) -> dict:
         """What the features depend on, for the feature cache key."""
@@ -78,37 +78,23 @@ class ModelAdapter:
         }
 
 
-def state_dict_sha256(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 class MuskAdapter(ModelAdapter):
-    """MUSK: embeddings from the projection heads; probe features are the normalised CLS token (``ms_aug``
-    concatenates the multi-scale CLS tokens), as the upstream linear probe uses. On CPU each batch runs as
-    one concurrent call per thread (:mod:`musk.streams`)."""
+    """MUSK (a :class:`musk.LoadedModel`): embeddings from the projection heads; probe features are the normalised
+    CLS token (``ms_aug`` concatenates the multi-scale CLS tokens), as the upstream linear probe uses. On CPU each
+    batch runs as one concurrent call per thread (:mod:`musk.streams`)."""
 
     def __init__(self, name, pretrained, device, dtype, tokenizer=None, cache_dir=None):
-        from ..models import create_model
-        from ..models.loading import parse_hub_id, resolve_weights
-        from ..transforms import get_transform
+        from ..loaded import load
+        from ..models.weights import weights_option
+        from ..runtime import DTYPES
 
-        random = pretrained in ("", "random", "none")
-        self.module = create_model(
-            name, pretrained=None if random else pretrained, device=device, dtype=dtype, cache_dir=cache_dir
-        )
-        super().__init__(name, pretrained, get_transform(self.module), device, dtype)
-        self._weights_file = None if random else resolve_weights(pretrained, cache_dir)
-        self._tokenizer_source = tokenizer
-        self._tokenizer = None
-        self._hub = not random and parse_hub_id(pretrained) is not None
-        self._cache_dir = cache_dir
+        precision = {v: k for k, v in DTYPES.items()}[dtype]
+        self.loaded = load(name, weights_option(pretrained), device, precision, tokenizer, cache_dir)
+        self.module = self.loaded.model
+        super().__init__(name, pretrained, self.loaded.transform, device, dtype)
 
     def _compute_weights_id(self) -> str:
-        return file_sha256(self._weights_file) if self._weights_file else state_dict_sha256(self.module)
+        return self.loaded.weights_sha256
 
     @torch.inference_mode()
     def encode_images(self, images, kind, ms_aug=False):
@@ -120,20 +106,10 @@ class MuskAdapter(ModelAdapter):
         return run_in_streams(encode, images.to(self.device, self.dtype))
 
     def tokenizer(self):
-        if self._tokenizer is None:
-            from ..cli.zeroshot import tokenizer_source
-            from ..tokenizer import get_tokenizer
+        return self.loaded.tokenizer
 
-            weights = "hf_hub:xiangjx/musk" if self._hub or self._weights_file is None else str(self._weights_file)
-            source = tokenizer_source(self._tokenizer_source, weights)
-            self._tokenizer = get_tokenizer(source, cache_dir=self._cache_dir)
-        return self._tokenizer
-
-    @torch.inference_mode()
     def encode_texts(self, texts):
-        ids, mask = self.tokenizer()(list(texts))
-        out = self.module.encode_text(ids.to(self.device), mask.to(self.device), with_head=True, normalize=True)
-        return out.float()
+        return torch.from_numpy(self.loaded.embed_texts(list(texts)))
 
 
 class OpenClipAdapter(ModelAdapter):
@@ -160,7 +136,7 @@ class OpenClipAdapter(ModelAdapter):
         self._file = Path(pretrained) if pretrained and Path(pretrained).is_file() else None
 
     def _compute_weights_id(self) -> str:
-        return file_sha256(self._file) if self._file else state_dict_sha256(self.module)
+        return file_sha256(self._file) if self._file else parameters_sha256(self.module)
 
     @torch.inference_mode()
     def encode_images(self, images, kind, ms_aug=False):
@@ -220,8 +196,10 @@ class TimmAdapter(ModelAdapter):
         arch = name.split(":", 1)[1]
         if ":" not in arch:  # hub names (hf-hub:owner/repo) are resolved by timm itself
             _check_name(name, arch, timm.list_models(), "timm.list_models()", "timm")
+        from ..models.weights import weights_option
+
         use_timm_weights = pretrained == "timm"
-        self._file = Path(pretrained) if pretrained not in ("", "random", "none", "timm") else None
+        self._file = None if use_timm_weights or weights_option(pretrained) is None else Path(pretrained)
         module = timm.create_model(arch, pretrained=use_timm_weights, num_classes=0, cache_dir=cache_dir)
         if self._file is not None:
             from ..models.loading import read_state_dict
@@ -241,7 +219,7 @@ class TimmAdapter(ModelAdapter):
         super().__init__(name, pretrained, timm.data.create_transform(**config), device, dtype)
 
     def _compute_weights_id(self) -> str:
-        return file_sha256(self._file) if self._file else state_dict_sha256(self.module)
+        return file_sha256(self._file) if self._file else parameters_sha256(self.module)
 
     @torch.inference_mode()
     def encode_images(self, images, kind, ms_aug=False):

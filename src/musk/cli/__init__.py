@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -11,6 +11,7 @@ from .. import __version__
 from ..images import ImageLoadError
 from ..models import CheckpointMismatchError, WeightsUnavailableError
 from . import bench, embed, index, info, mil, pretrain, search, vqa, wsi, zeroshot
+from .parser import MuskArgumentParser
 
 SUBCOMMANDS = (info, embed, zeroshot, vqa, wsi, bench, mil, pretrain, index, search)
 #: Errors that are the user's to fix: reported in one line, exit status 2.
@@ -29,8 +30,8 @@ USER_ERRORS = (
 INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="musk", description="MUSK for computational pathology")
+def build_parser() -> MuskArgumentParser:
+    parser = MuskArgumentParser(prog="musk", description="MUSK for computational pathology")
     parser.add_argument("--version", action="version", version=f"musk-pathology {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -60,11 +61,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"musk {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, an I/O error, a read-only mount met while writing
+        if args.verbose:
+            raise
+        print(f"musk {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if args.verbose:
             raise
         print(f"musk {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def _os_error(e: OSError) -> str:
+    what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    advice = {
+        errno.ENOSPC: "free some space or write elsewhere",
+        errno.EDQUOT: "free some space or write elsewhere",
+        errno.EROFS: "write elsewhere",
+        errno.EIO: "check the disk",
+    }.get(e.errno, "check the path and try again")
+    return f"{what} ({advice})"
 
 
 if __name__ == "__main__":

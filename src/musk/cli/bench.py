@@ -15,7 +15,8 @@ from ..bench.datasets import DATASETS
 from ..bench.models import parse_models
 from ..bench.runner import BenchConfig, run_benchmark
 from ..bench.tasks import TASKS
-from ..runtime import DTYPES, resolve_device
+from ..runtime import PRECISIONS, resolve_device
+from ..settings import build as build_settings
 from .common import positive_int, show_progress
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def add_eval_parser(commands) -> None:
     p.add_argument("--model_cache_dir", default=None, help="download cache for hub models")
     runtime = p.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: %(default)s)")
-    runtime.add_argument("--precision", choices=sorted(DTYPES), default="fp32", help="default: %(default)s")
+    runtime.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: %(default)s")
     runtime.add_argument("--batch_size", type=int, default=64, help="images per batch (default: %(default)s)")
     runtime.add_argument("--num_workers", type=int, default=4, help="image loading processes (default: %(default)s)")
     runtime.add_argument("--seed", nargs="+", type=int, default=[0], help="seed(s); linear_probe and knn run each")
@@ -107,7 +108,7 @@ def _dataset_names(entries: list[str]) -> list[str]:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(
+    values = dict(
         models=parse_models(args.pretrained_model),
         datasets=_dataset_names(args.dataset),
         dataset_root=args.dataset_root,
@@ -134,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         cache_dir=args.model_cache_dir,
         progress=show_progress(),
     )
+    return build_settings(BenchConfig, values, source="musk bench eval")
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -1,16 +1,18 @@
-"""``musk embed``: image files or folders -> an embeddings file with the file list."""
+"""``musk embed``: image files or folders -> an embeddings file with the file list.
+
+Python: ``musk.load(...).embed_images(files, with_head=False, normalize=False)`` (this command's defaults), then
+``.save("emb.npz")``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from ..embedding import embed_images
 from ..files import write_json
-from ..images import list_images
-from ..models.loading import resolve_weights
+from ..images import DEFAULT_MAX_PIXELS, list_images
 from ..provenance import provenance
-from .common import add_model_args, add_runtime_args, model_from_args, output_path, run_config, show_progress
+from .common import add_model_args, add_runtime_args, loaded_from_args, output_path, run_config, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -22,17 +24,24 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ms_aug", action="store_true", help="multi-scale features (2 x width without the head)")
     p.add_argument("--with_head", action="store_true", help="apply the projection head (for retrieval)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    add_image_limit_arg(p)
     add_model_args(p)
     add_runtime_args(p, streams=True)
     p.set_defaults(run=run)
 
 
+def add_image_limit_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+        help="refuse images larger than this (width x height), from their header (default: %(default)s)",
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
-    output = output_path(args.output)
+    output = output_path(args.output, suffixes=(".npz",))
     paths = list_images(args.images)
-    model = model_from_args(args)
-    result = embed_images(
-        model,
+    loaded = loaded_from_args(args)
+    result = loaded.embed_images(
         paths,
         with_head=args.with_head,
         normalize=args.normalize,
@@ -41,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         streams=args.streams,
         progress=show_progress(),
+        max_pixels=args.max_pixels,
     )
     result.save(output)
-    config = run_config(args)
-    record = provenance(config, resolve_weights(args.weights, args.cache_dir))
+    record = provenance(run_config(args), loaded.fingerprint)
     record["outputs"] = {"embeddings": len(result.files), "shape": list(result.vectors.shape), "failed": result.failed}
     write_json(output.with_suffix(".json"), record)
     logger.info("wrote %s: %d embeddings of width %d", output, *result.vectors.shape)

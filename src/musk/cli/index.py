@@ -15,9 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import DEFAULT_WEIGHTS, add_model_args, add_runtime_args, show_progress
-
-WEIGHTS_HELP = "hub id, local file or folder, or 'none' for random weights"
+from ..models import NO_WEIGHTS, PUBLISHED
+from .common import WEIGHTS_HELP, add_model_args, add_runtime_args, loaded_from_args, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -43,8 +42,9 @@ def add_parser(subparsers) -> None:
             )
             p.add_argument("--uri", default=None, help="Milvus server URI (default: Milvus Lite inside the index)")
             p.add_argument("--overwrite", action="store_true", help="build again over an existing index")
-        add_model_args(p, weights_help=WEIGHTS_HELP)
-        add_tokenizer_arg(p)
+        add_model_args(
+            p, weights_help=WEIGHTS_HELP + ("" if name == "build" else "; default: the index's"), tokenizer=True
+        )
         add_runtime_args(p)
         if name == "add":
             p.set_defaults(model=None, weights=None)  # the index's
@@ -54,37 +54,24 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run_info)
 
 
-def add_tokenizer_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tokenizer", default=None, help="tokenizer.spm (default: beside local weights, else the hub)")
-
-
 def weights_of(manifest) -> str:
-    """Where the weights an index was built with are found again: a random model, a local file, or the hub."""
+    """Where the weights an index was built with are found again: random, a local file, or the hub."""
     fingerprint = manifest.fingerprint
-    if fingerprint.get("source") in ("random", "none"):
-        return "none"
+    if fingerprint.get("random"):
+        return NO_WEIGHTS
     if fingerprint.get("path") and Path(fingerprint["path"]).is_file():
         return fingerprint["path"]
     if fingerprint.get("repo_id"):
         return f"hf_hub:{fingerprint['repo_id']}"
-    return DEFAULT_WEIGHTS
+    return PUBLISHED
 
 
 def load_model(args: argparse.Namespace, manifest=None):
     """The loaded model of the command's options; ``--model``/``--weights`` default to the index's."""
-    from ..search.model import load_model as load
-
-    model = args.model or (manifest.model if manifest is not None else None)
-    weights = args.weights or (weights_of(manifest) if manifest is not None else DEFAULT_WEIGHTS)
-    return load(
-        model,
-        weights,
-        device=args.device,
-        precision=args.precision,
-        tokenizer=args.tokenizer,
-        cache_dir=args.cache_dir,
-        seed=args.seed,
-    )
+    if manifest is not None:
+        args.model = args.model or manifest.model
+        args.weights = args.weights or weights_of(manifest)
+    return loaded_from_args(args)
 
 
 def run_build(args: argparse.Namespace) -> int:

@@ -9,14 +9,18 @@ import timm
 import torch
 
 from .. import __version__
-from ..models.loading import WEIGHTS_FILE, WeightsUnavailableError, parse_hub_id, resolve_weights
-from .common import DEFAULT_WEIGHTS
+from ..models import DEFAULT_MODEL, PUBLISHED
+from ..models.registry import published_source
+from ..models.weights import WEIGHTS_FILE, WeightsUnavailableError, parse_hub_id, resolve_weights
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("info", help="show versions, devices, caches and weights status", description=__doc__)
     p.add_argument(
-        "--weights", default=DEFAULT_WEIGHTS, help="hub id, local file or directory to check (default: %(default)s)"
+        "--weights",
+        default=PUBLISHED,
+        help=f"'{PUBLISHED}' ({published_source(DEFAULT_MODEL)}), a hub id, a local file or folder to check "
+        "(default: %(default)s)",
     )
     p.add_argument("--offline", action="store_true", help="only look in the cache, do not ask the hub")
     p.add_argument("--cache_dir", default=None, help="Hugging Face cache directory (default: the standard one)")
@@ -68,6 +72,7 @@ def _safetensors_status(path) -> str:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub import constants
 
+    weights = published_source(DEFAULT_MODEL) if args.weights == PUBLISHED else args.weights
     lines = {
         "musk-pathology": __version__,
         "python": platform.python_version(),
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "devices": ", ".join(devices()),
         "hf cache": args.cache_dir or constants.HF_HUB_CACHE,
         "hf token": "set" if _has_token() else "not set",
-        f"weights {args.weights}": weights_status(args.weights, args.offline, args.cache_dir),
+        f"weights {weights}": weights_status(weights, args.offline, args.cache_dir),
     }
     width = max(map(len, lines))
     for key, value in lines.items():

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ..files import check_file_target, write_json
 from ..provenance import provenance
-from .common import add_model_args, add_runtime_args, output_path, positive_int, run_config
-from .index import WEIGHTS_HELP, add_tokenizer_arg, load_model
+from .common import WEIGHTS_HELP, add_model_args, add_runtime_args, output_path, positive_int, run_config
+from .index import load_model
 
 
 def add_parser(subparsers) -> None:
@@ -59,8 +59,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--manifest", default=None, help="eval: CSV with slide, case, label")
     e.add_argument("--queries", type=positive_int, default=200, help="eval: sampled patch queries (default: 200)")
     e.add_argument("--recall_k", type=positive_int, default=10, help="eval: recall@k of the index (default: 10)")
-    add_model_args(p, weights_help=WEIGHTS_HELP + " (default: the index's)")
-    add_tokenizer_arg(p)
+    add_model_args(p, weights_help=WEIGHTS_HELP + "; default: the index's", tokenizer=True)
     add_runtime_args(p)
     p.set_defaults(run=run, model=None, weights=None)
 

@@ -17,11 +17,9 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from ..models.weights import weights_option
 from ..zeroshot import DEFAULT_TEMPLATES
 from .common import add_model_args, add_runtime_args, positive_float, positive_int, show_progress
-from .zeroshot import tokenizer_source
-
-_NO_WEIGHTS = ("none", "random")
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +41,7 @@ def add_parser(subparsers) -> None:
         if name not in ("segment", "heatmap"):
             _add_patch_args(p)
         if name in ("extract", "run"):
-            add_model_args(p, weights_help="hub id, local file or folder, or 'none' for random weights")
+            add_model_args(p)
             p.add_argument("--features", choices=("cls", "ms", "proj"), default="cls",
                            help="cls: 1024-d CLS (TRIDENT); ms: 2048-d multi-scale; proj: head + normalised "
                                 "(default: %(default)s)")  # fmt: skip
@@ -102,17 +100,14 @@ def job_config(args: argparse.Namespace):
     values = {f.name: getattr(args, f.name) for f in fields(WsiJobConfig) if hasattr(args, f.name)}
     if hasattr(args, "mag"):
         values["magnification"] = None if args.target_mpp is not None else args.mag
-    if str(values.get("weights", "")).lower() in _NO_WEIGHTS:
-        values["weights"] = None
+    if "weights" in values:
+        values["weights"] = weights_option(values["weights"])
     values["progress"] = show_progress()
     if args.stage == "heatmap":  # everything but the classes and the runtime comes from the job
         saved = _saved(Path(args.job_dir))["config"]
         values |= {k: saved[k] for k in (*JOB_SETTINGS, "model", "weights", "cache_dir", "features") if k in saved}
         if args.precision is None:
             values["precision"] = saved.get("precision", "fp32")
-    if values.get("classes") and values.get("weights") is not None:  # tokenizer.spm beside local weights
-        found = tokenizer_source(values.get("tokenizer"), values["weights"])
-        values["tokenizer"] = str(found) if found is not None else None
     return WsiJobConfig(**values)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.factory import DEFAULT_MODEL
+from ..models import DEFAULT_MODEL
 from .data import BagDataset, bag_feature_dim
 from .manifest import Cohort, ManifestError, load_manifest, read_reports_dir
 from .models import FUSIONS

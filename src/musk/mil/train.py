@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_path, write_json
-from ..models.factory import DEFAULT_MODEL
+from ..models import DEFAULT_MODEL
 from ..provenance import provenance
 from ..runtime import resolve_device
 from .fit import BALANCING, FitOptions, fit_model, outputs_to_predictions, predict_outputs

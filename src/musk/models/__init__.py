@@ -3,11 +3,17 @@
 from . import registry  # noqa: F401  (registers the architectures with timm)
 from .config import MuskConfig
 from .factory import create_model
-from .loading import CheckpointMismatchError, WeightsUnavailableError, load_weights
+from .loading import CheckpointMismatchError, load_weights
 from .musk import MUSK
+from .registry import DEFAULT_MODEL
+from .weights import NO_WEIGHTS, PUBLISHED, ResolvedWeights, WeightsUnavailableError
 
 __all__ = [
+    "DEFAULT_MODEL",
     "MUSK",
+    "NO_WEIGHTS",
+    "PUBLISHED",
+    "ResolvedWeights",
     "CheckpointMismatchError",
     "MuskConfig",
     "WeightsUnavailableError",

@@ -9,9 +9,14 @@ import torch
 
 from .loading import load_weights
 from .musk import MUSK
-from .registry import pretrained_source
+from .registry import DEFAULT_MODEL, pretrained_source
 
-DEFAULT_MODEL = "musk_large_patch16_384"
+
+def check_architecture(name: str) -> None:
+    """``ValueError`` naming the registered MUSK architectures unless ``name`` is one of them."""
+    architectures = timm.list_models("musk_*")
+    if name.partition(".")[0] not in architectures:  # a pretrained tag may follow the dot
+        raise ValueError(f"unknown MUSK architecture {name!r}; registered: {', '.join(architectures)}")
 
 
 def create_model(
@@ -29,9 +34,7 @@ def create_model(
     Loading is strict and never builds the random initialisation it would overwrite.
     Raises ``ValueError`` for a name that is not a registered MUSK architecture.
     """
-    architectures = timm.list_models("musk_*")
-    if name.partition(".")[0] not in architectures:  # a pretrained tag may follow the dot
-        raise ValueError(f"unknown MUSK architecture {name!r}; registered: {', '.join(architectures)}")
+    check_architecture(name)
     if pretrained is None or pretrained is False:
         model = timm.create_model(name, **kwargs)
     else:

@@ -1,5 +1,5 @@
-"""Checkpoint loading: hub or local files, wrapped or prefixed state dicts, strict key checks,
-and interpolation of the vision position table to another patch grid."""
+"""Checkpoint loading: wrapped or prefixed state dicts, strict key checks, and interpolation of the vision
+position table to another patch grid (where the files come from: :mod:`musk.models.weights`)."""
 
 from __future__ import annotations
 
@@ -14,93 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import POSITION_OFFSET
+from .weights import resolve_weights
 
 logger = logging.getLogger(__name__)
 
-HUB_PREFIXES = ("hf_hub:", "hf-hub:")
-WEIGHTS_FILE = "model.safetensors"
-#: File names tried, in order, when a directory is given as the weights source.
-DIRECTORY_CANDIDATES = ("model.safetensors", "pytorch_model.bin", "musk.pth", "model.pth", "checkpoint.pth")
 VISION_POSITIONS_KEY = "beit3.encoder.embed_positions.A.weight"
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The weights (or tokenizer) could not be obtained: gated, missing, or the hub unreachable."""
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not fit the model."""
-
-
-def _access_help(repo_id: str) -> str:
-    return (
-        f"MUSK's files are gated: request access at https://huggingface.co/{repo_id}, then log in with "
-        "`hf auth login` (older huggingface_hub: `huggingface-cli login`) or set HF_TOKEN. "
-        "Or pass a local file (--weights PATH / pretrained=PATH)."
-    )
-
-
-def download_from_hub(repo_id: str, filename: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """One file of a hub repository through huggingface_hub's cache (HF_TOKEN and offline mode honoured)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    try:
-        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
-    except GatedRepoError as e:
-        reason = f"you have no access to the gated repository {repo_id}"
-        cause = e
-    except RepositoryNotFoundError as e:
-        reason = f"the repository {repo_id} was not found, or it is gated and you are not logged in"
-        cause = e
-    except (LocalEntryNotFoundError, ConnectionError) as e:  # before EntryNotFoundError: a subclass of it
-        reason = (
-            f"the hub is unreachable (or offline mode is on) and {filename} of {repo_id} is not in the "
-            f"cache ({cache_dir or 'the default huggingface cache'})"
-        )
-        cause = e
-    except EntryNotFoundError as e:
-        reason = f"{repo_id} has no file {filename}"
-        cause = e
-    except (HfHubHTTPError, OSError) as e:
-        reason = f"downloading {filename} from {repo_id} failed ({type(e).__name__}: {e})"
-        cause = e
-    raise WeightsUnavailableError(f"Cannot get {filename}: {reason}. {_access_help(repo_id)}") from cause
-
-
-def parse_hub_id(source: str) -> str | None:
-    """``'hf_hub:owner/name'`` -> ``'owner/name'``; None for anything else."""
-    for prefix in HUB_PREFIXES:
-        if source.startswith(prefix):
-            return source[len(prefix) :]
-    return None
-
-
-def resolve_weights(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Local path of the weights named by ``source``: a hub id, a file, or a directory holding one."""
-    repo_id = parse_hub_id(str(source))
-    if repo_id is not None:
-        return download_from_hub(repo_id, WEIGHTS_FILE, cache_dir)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        for name in DIRECTORY_CANDIDATES:
-            if (path / name).is_file():
-                return path / name
-        raise WeightsUnavailableError(
-            f"no weights file in directory {path} (looked for {', '.join(DIRECTORY_CANDIDATES)})"
-        )
-    if not path.is_file():
-        raise WeightsUnavailableError(
-            f"weights file {path} does not exist; give a .safetensors/.pth/.bin file, a directory, "
-            "or 'hf_hub:xiangjx/musk'"
-        )
-    return path
 
 
 def read_state_dict(path: str | os.PathLike, model_key: str = "model|module") -> dict[str, torch.Tensor]:

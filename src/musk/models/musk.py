@@ -117,6 +117,11 @@ class MUSK(nn.Module):
         """(B, 3, S, S) -> (B, D) CLS embeddings; (B, 2D) with ``ms_aug`` and no head."""
         return self(image=images, with_head=with_head, out_norm=normalize, ms_aug=ms_aug, scales=scales)[0]
 
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        """Stored image features (B, D), or multi-scale ones (B, 2D), -> the normalised projections that
+        ``encode_image`` gives with its head (multi-scale features by their scale-1 half), without the image."""
+        return _finish(features.to(self.vision_head.weight.dtype), self.vision_head, True)
+
     def encode_text(
         self,
         ids: torch.Tensor,

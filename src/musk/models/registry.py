@@ -5,8 +5,11 @@ from __future__ import annotations
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .config import MuskConfig
-from .loading import WeightsUnavailableError, load_weights
+from .loading import load_weights
 from .musk import MUSK, default_pretrained_cfg
+from .weights import WeightsUnavailableError
+
+DEFAULT_MODEL = "musk_large_patch16_384"
 
 ARCHITECTURES = {
     "musk_large_patch16_384": MuskConfig(),
@@ -24,6 +27,22 @@ default_cfgs = generate_default_cfgs(
         "musk_tiny_patch16_64": _cfg(ARCHITECTURES["musk_tiny_patch16_64"]),
     }
 )
+
+
+def published_source(architecture: str = DEFAULT_MODEL) -> str | None:
+    """Where the published weights of a registered architecture live (``hf_hub:owner/name``), or None."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(architecture)
+    if cfg is None:
+        return None
+    cfg = cfg.to_dict()
+    return pretrained_source(cfg) if cfg.get("file") or cfg.get("hf_hub_id") else None
+
+
+def published_repo() -> str:
+    """The hub repository of the published MUSK (its weights and tokenizer)."""
+    return published_source(DEFAULT_MODEL).removeprefix("hf_hub:")
 
 
 def pretrained_source(pretrained_cfg: dict) -> str:

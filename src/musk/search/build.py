@@ -53,7 +53,7 @@ class Planned:
 
 
 def model_dim(lm) -> int:
-    return int(lm.model.vision_head.out_features)
+    return int(lm.embed_dim)
 
 
 def check_model(manifest: IndexManifest, lm) -> None:

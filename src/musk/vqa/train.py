@@ -23,8 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..files import write_json
-from ..models import create_model
-from ..models.factory import DEFAULT_MODEL
+from ..models import DEFAULT_MODEL, create_model
 from ..models.loading import resolve_weights
 from ..pretrain.checkpoint import load_checkpoint, save_checkpoint
 from ..provenance import provenance

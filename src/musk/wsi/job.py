@@ -36,6 +36,10 @@ import numpy as np
 
 from .. import __version__
 from ..files import atomic_path, file_sha256, write_json
+from ..loaded import LoadedModel, load
+from ..models import DEFAULT_MODEL, PUBLISHED
+from ..models.registry import published_source
+from ..models.weights import ResolvedWeights, resolve
 from ..provenance import provenance
 from ..runtime import DTYPES, resolve_device, seed_everything
 from ..zeroshot import DEFAULT_TEMPLATES
@@ -77,8 +81,8 @@ class WsiJobConfig:
     target_mpp: float | None = None
     overlap: int = 0
     min_tissue: float = 0.5
-    model: str = "musk_large_patch16_384"
-    weights: str | None = "hf_hub:xiangjx/musk"
+    model: str = DEFAULT_MODEL
+    weights: str | None = PUBLISHED  # None: random initialisation (seeded by seed)
     cache_dir: str | None = None
     features: str = "cls"
     classes: Sequence[str] = ()
@@ -180,9 +184,9 @@ class _Job:
     def __init__(self, job_dir: Path, config: WsiJobConfig, stages: Sequence[str], rank: int, world: int):
         self.dir, self.config, self.stages, self.rank, self.world = job_dir, config, tuple(stages), rank, world
         self.path = _Layout(job_dir)
-        self.model = None
+        self.loaded: LoadedModel | None = None
         self.class_embeddings = None
-        self.weights_file: Path | None = None
+        self.weights: ResolvedWeights | None = None
         self.weights_sha256 = "random"
         self.tokenizer = None
         self.tokenizer_sha256: str | None = None
@@ -226,8 +230,8 @@ class _Job:
                     )
             settings = {**earlier, **settings}
         record = provenance({"stages": list(self.stages), **asdict(self.config)})
-        if self.weights_file is not None:
-            record["weights"] = {"path": str(self.weights_file), "sha256": self.weights_sha256}
+        if self.weights is not None:
+            record["weights"] = {**self.weights.describe(), "sha256": self.weights_sha256}
         if self.tokenizer is not None:
             record["tokenizer"] = {"path": str(self.tokenizer.model_file), "sha256": self.tokenizer_sha256}
         record["settings"] = settings
@@ -235,24 +239,31 @@ class _Job:
         write_json(config_file, record)
 
     # ---- model ---------------------------------------------------------------------------
-    def load_tokenizer(self) -> None:
-        """The heatmap stage's tokenizer and its file's sha256 (maps made with another one are redone)."""
-        from ..tokenizer import get_tokenizer
+    def resolve_weights(self) -> None:
+        """The weights and their fingerprint, before anything is written (random weights: the model is built)."""
+        cfg = self.config
+        self.weights = resolve(cfg.weights, published_source(cfg.model), cfg.cache_dir)
+        if self.weights.random:
+            self.load_model("cpu")
+            self.weights_sha256 = self.loaded.weights_sha256
+        else:
+            self.weights_sha256 = file_sha256(self.weights.path)
 
-        self.tokenizer = get_tokenizer(self.config.tokenizer, cache_dir=self.config.cache_dir)
+    def load_tokenizer(self) -> None:
+        """The heatmap stage's tokenizer (the one given, else beside local weights, else the hub's) and its
+        file's sha256 (maps made with another one are redone)."""
+        from ..tokenizer import find_tokenizer
+
+        self.tokenizer = find_tokenizer(self.config.tokenizer, self.weights, self.config.cache_dir)
         self.tokenizer_sha256 = file_sha256(self.tokenizer.model_file)
 
     def load_model(self, device) -> None:
-        from ..models import create_model
-
-        seed_everything(self.config.seed)
         cfg = self.config
-        self.model = create_model(cfg.model, pretrained=cfg.weights, device=device, dtype=DTYPES[cfg.precision],
-                                  cache_dir=cfg.cache_dir)  # fmt: skip
+        seed_everything(cfg.seed)
+        if self.loaded is None or self.loaded.device != resolve_device(device):
+            self.loaded = load(cfg.model, self.weights, device, cfg.precision, self.tokenizer, cfg.cache_dir, cfg.seed)
         if "heatmap" in self.stages:
-            from ..zeroshot import class_embeddings
-
-            self.class_embeddings = class_embeddings(self.model, self.tokenizer, list(cfg.classes), list(cfg.templates))
+            self.class_embeddings = self.loaded.class_embeddings(list(cfg.classes), list(cfg.templates))
 
     # ---- one slide -----------------------------------------------------------------------
     def has_heatmaps(self, name: str) -> bool:
@@ -337,7 +348,7 @@ class _Job:
             from .zeroshot_map import add_zeroshot_map
 
             with Image.open(thumbnail_file) as thumbnail:
-                add_zeroshot_map(self.model, features_file, self.class_embeddings, list(cfg.classes),
+                add_zeroshot_map(self.loaded.model, features_file, self.class_embeddings, list(cfg.classes),
                                  thumbnail.convert("RGB"), self.dir / "heatmaps" / name, list(cfg.templates),
                                  self.tokenizer_sha256)  # fmt: skip
         return len(grid.coords)
@@ -346,7 +357,7 @@ class _Job:
         from .extract import extract_slide_features
 
         cfg = self.config
-        features = extract_slide_features(self.model, entry.path, grid, cfg.features, cfg.batch_size,
+        features = extract_slide_features(self.loaded.model, entry.path, grid, cfg.features, cfg.batch_size,
                                           cfg.num_workers, reader.mpp, cfg.progress, cfg.streams)  # fmt: skip
         attrs = {
             **grid.attrs(reader, entry.name),
@@ -408,8 +419,6 @@ def run_wsi_job(
     launch`` each process takes its share. Slides already done are skipped; failures are recorded and the
     job goes on. Returns the records of every slide and the summary written to ``job_dir``.
     """
-    from ..models.loading import resolve_weights
-
     config = config or WsiJobConfig()
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -423,9 +432,8 @@ def run_wsi_job(
     rank, world, state = _distributed(cpu=config.device == "cpu")
     job = _Job(Path(job_dir), config, stages, rank, world)
     needs_model = "extract" in stages
-    if needs_model and config.weights is not None:
-        job.weights_file = resolve_weights(config.weights, config.cache_dir)
-        job.weights_sha256 = file_sha256(job.weights_file)
+    if needs_model:
+        job.resolve_weights()
     if "heatmap" in stages:
         job.load_tokenizer()
     sources = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
