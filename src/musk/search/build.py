@@ -107,8 +107,12 @@ class IndexWriter:
         self.backend.rollback()
 
     def add(self, planned: Planned, lm, info: CaseInfo | None) -> SlideRecord:
-        """Store one slide (replacing a slide of the same name) and return its record; not yet committed."""
+        """Store one slide and return its record; not yet committed. A slide of the same name is replaced (its
+        case and label are kept unless ``info`` gives them)."""
         source, header, m = planned.source, planned.header, self.manifest
+        if info is None:
+            earlier = next((r for r in m.slides if r.name == source.name), None)
+            info = CaseInfo(earlier.case, earlier.label) if earlier is not None else None
         record = SlideRecord(
             name=source.name,
             path=str(source.slide) if source.slide is not None else None,

@@ -58,6 +58,7 @@ def _tiles(index, hits: Sequence[Hit], tile: int) -> tuple[list[Image.Image | No
 def contact_sheet(index, hits: Sequence[Hit], path: str | os.PathLike, columns: int = 5, tile: int = 192) -> list[str]:
     """Draw ``hits`` as a grid of captioned tiles into the PNG ``path``; returns the slides whose files are missing."""
     tiles, missing = _tiles(index, hits, tile)
+    columns = max(1, min(columns, len(hits)))
     rows = max(1, -(-len(hits) // columns))
     sheet = Image.new("RGB", (columns * tile, rows * (tile + CAPTION)), "white")
     draw = ImageDraw.Draw(sheet)
