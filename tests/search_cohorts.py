@@ -39,10 +39,11 @@ def labelled_cohort(
     labels: tuple[str, ...] = ("tumor", "normal", "stroma"),
     cases: int = 12,
     noise: float = 1.5,
+    spread: float = 2.0,
     seed: int = 0,
 ) -> tuple[Path, Path]:
     """``cases`` cases (every third with two slides), labels in turn; a slide's cls features are its label's
-    centre plus a slide offset plus patch noise. Returns (features folder, manifest with slide, case, label)."""
+    centre plus a slide offset (sd ``spread``) plus patch noise. Returns (features folder, manifest with slide, case, label)."""
     rng = np.random.default_rng(seed)
     features_dir = root / "features"
     features_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def labelled_cohort(
         label = labels[c % len(labels)]
         for s in range(2 if c % 3 == 0 else 1):
             name = f"case{c:02d}_{'AB'[s]}"
-            offset = rng.normal(0, 0.7, dim)
+            offset = rng.normal(0, spread, dim)
             n = int(rng.integers(12, 30))
             features = centres[label] + offset + rng.normal(0, noise, (n, dim))
             write_features(features_dir / f"{name}.h5", features.astype(np.float32), weights_sha256)
