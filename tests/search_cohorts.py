@@ -43,7 +43,8 @@ def labelled_cohort(
     seed: int = 0,
 ) -> tuple[Path, Path]:
     """``cases`` cases (every third with two slides), labels in turn; a slide's cls features are its label's
-    centre plus a slide offset (sd ``spread``) plus patch noise. Returns (features folder, manifest with slide, case, label)."""
+    centre plus a slide offset (sd ``spread``) plus patch noise. Returns (features folder, manifest with slide,
+    case, label)."""
     rng = np.random.default_rng(seed)
     features_dir = root / "features"
     features_dir.mkdir(parents=True, exist_ok=True)

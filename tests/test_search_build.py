@@ -12,9 +12,10 @@ import time
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import musk
-from musk.search import SearchError, add_to_index, build_index, evaluate_index, open_index
+from musk.search import SearchError, add_to_index, build_index, evaluate_index, mil_slide_embeddings, open_index
 from musk.search.layout import COORDS, SLIDE_VECTORS, staging_dir
 from search_cohorts import TINY, labelled_cohort, project, write_features
 
@@ -210,7 +211,7 @@ def test_case_retrieval_and_its_metrics_equal_an_independent_computation(lm, coh
         others = [(float(embedding[name] @ embedding[o]), o) for o, c, _, _ in slides if c != case]
         ranked[name] = [o for _, o in sorted(others, key=lambda t: (-t[0], t[1]))]
     patch_labels, patch_found = [], []
-    for name, case, lab, vectors in slides:  # every patch is a query (patch_queries exceeds their number)
+    for _, case, lab, vectors in slides:  # every patch is a query (patch_queries exceeds their number)
         pool = [(v, o_lab) for o, c, o_lab, vs in slides if c != case for v in vs]
         candidates = np.stack([v for v, _ in pool])
         for vector in vectors:
@@ -226,3 +227,45 @@ def test_case_retrieval_and_its_metrics_equal_an_independent_computation(lm, coh
     assert 0 < report["slides"]["mmv@5"] < 1  # the cohort is hard enough that the metric is neither 0 nor 1
     patch_metrics = _scores(patch_found, patch_labels)
     assert report["patches"] == pytest.approx({"queries": len(patch_labels), **patch_metrics, "recall@10": 1.0})
+
+
+def test_case_retrieval_by_a_trained_mil_models_representation(lm, cohort, flat_index, tmp_path, capsys):
+    from musk.cli import main
+    from musk.mil import MILModel, save_mil_model
+
+    folds = []
+    for fold in range(2):
+        torch.manual_seed(fold)
+        model = MILModel(out_dim=3, feature_dim=64, model="abmil", hidden=16).eval()
+        config = {"out_dim": 3, "feature_dim": 64, "text_dim": None, "model": "abmil", "fusion": "none",
+                  "hidden": 16, "dropout": 0.0, "task": "classification", "classes": ["a", "b", "c"]}  # fmt: skip
+        save_mil_model(model, tmp_path / "run" / f"fold_{fold}", config)
+        folds.append(model)
+    slides = _read_raw(cohort)
+    vectors = {}
+    with torch.no_grad():
+        for name, features in slides.items():
+            parts = [m.aggregator(torch.from_numpy(features))[0].numpy().astype(np.float64) for m in folds]
+            vectors[name] = np.concatenate([p / np.linalg.norm(p) for p in parts])
+    case = {name: name.split("_")[0] for name in slides}
+    query = "case05_A"
+    others = [(float(vectors[query] @ vectors[o]) / 2, o) for o in slides if case[o] != case[query]]
+    expected = sorted(others, key=lambda t: (-t[0], t[1]))[:4]
+    with open_index(flat_index) as index:
+        hits = index.similar_slides(query, k=4, embeddings=mil_slide_embeddings(index, tmp_path / "run"))
+    assert [h.slide for h in hits] == [o for _, o in expected]
+    np.testing.assert_allclose([h.score for h in hits], [s for s, _ in expected], atol=1e-6)
+    assert len(list(flat_index.glob("mil-*.npz"))) == 1  # computed once, kept beside the index
+    capsys.readouterr()
+    assert main(["search", str(flat_index), "--slide", query, "--k", "4", "--mil", str(tmp_path / "run")]) == 0
+    assert [row.split(",")[1] for row in capsys.readouterr().out.splitlines()[1:]] == [o for _, o in expected]
+
+
+def _read_raw(cohort):
+    features_dir, manifest = cohort
+    names = [line.split(",")[0] for line in manifest.read_text().splitlines()[1:]]
+    out = {}
+    for name in names:
+        with h5py.File(features_dir / f"{name}.h5") as f:
+            out[name] = f["features"][()]
+    return out

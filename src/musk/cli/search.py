@@ -5,6 +5,7 @@ musk search index/ --image patch.png --filter label=tumor --exclude_case C-017
 musk search index/ --text "tumor" --slides --top_k 10                       # slides ranked by a text
 musk search index/ --text "lung adenocarcinoma" "lung squamous cell carcinoma" --slides   # zero-shot table
 musk search index/ --slide C-017-A --k 5                                    # case retrieval, majority vote
+musk search index/ --slide C-017-A --mil mil_run/                           # ... by a trained MIL model's view
 musk search eval --index index/ --manifest cases.csv                        # Acc@1/3/5, mMV@5, recall@10
 
 --model and --weights default to those the index was built with. Results go to stdout as CSV, and to --output
@@ -52,6 +53,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--slides", action="store_true", help="rank slides by the mean of their top-k patch scores")
     g.add_argument("--top_k", type=positive_int, default=10, help="patches pooled per slide (default: %(default)s)")
     g.add_argument("--include_case", action="store_true", help="--slide: also return the query's own case")
+    g.add_argument(
+        "--mil", default=None, help="--slide: compare slides by this trained musk mil model's representation"
+    )
     g.add_argument("--output", "-o", default=None, help="CSV (or .jsonl) to write")
     g.add_argument("--sheet", default=None, help="PNG contact sheet of the patch hits")
     e = p.add_argument_group("eval")
@@ -79,6 +83,8 @@ def _check(args: argparse.Namespace) -> None:
     given = [name for name in ("text", "image", "slide") if getattr(args, name) is not None]
     if len(given) != 1:
         raise ValueError("give exactly one of --text, --image and --slide")
+    if args.mil is not None and args.slide is None:
+        raise ValueError("--mil compares slides: use it with --slide")
     if args.slides and args.text is None:
         raise ValueError("--slides ranks slides against --text")
     if args.text is not None and len(args.text) > 1 and not args.slides:
@@ -115,7 +121,13 @@ def run(args: argparse.Namespace) -> int:
 def _case_retrieval(index, args) -> tuple[list, tuple]:
     from ..search import SLIDE_HIT_COLUMNS, case_vote
 
-    hits = index.similar_slides(args.slide, k=args.k, exclude_case=not args.include_case)
+    embeddings = None
+    if args.mil is not None:
+        from ..runtime import resolve_device
+        from ..search.mil import mil_slide_embeddings
+
+        embeddings = mil_slide_embeddings(index, args.mil, resolve_device(args.device))
+    hits = index.similar_slides(args.slide, k=args.k, exclude_case=not args.include_case, embeddings=embeddings)
     print(f"majority vote of the top {len(hits)}: {case_vote(hits)}", file=sys.stderr)
     return hits, SLIDE_HIT_COLUMNS
 

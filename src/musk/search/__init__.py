@@ -17,6 +17,7 @@ from .build import add_to_index, build_index, check_model
 from .cases import read_cases
 from .evaluate import evaluate_index
 from .metrics import acc_at_k, majority_vote, mmv_at_k, recall_at_k
+from .mil import mil_slide_embeddings
 from .query import SearchIndex, open_index
 from .records import HIT_COLUMNS, SLIDE_HIT_COLUMNS, Hit, SearchError, SlideHit, SlideRecord, UnknownSlideError
 from .results import write_results
@@ -42,6 +43,7 @@ __all__ = [
     "contact_sheet",
     "evaluate_index",
     "majority_vote",
+    "mil_slide_embeddings",
     "mmv_at_k",
     "open_index",
     "rank_slides",
