@@ -15,7 +15,15 @@ import pytest
 import torch
 
 import musk
-from musk.search import SearchError, add_to_index, build_index, evaluate_index, mil_slide_embeddings, open_index
+from musk.search import (
+    SearchError,
+    add_to_index,
+    backend_faiss,
+    build_index,
+    evaluate_index,
+    mil_slide_embeddings,
+    open_index,
+)
 from musk.search.layout import COORDS, SLIDE_VECTORS, staging_dir
 from search_cohorts import TINY, labelled_cohort, project, write_features
 
@@ -141,7 +149,8 @@ def test_h5_files_without_the_attributes_are_named_with_how_to_fix(lm, tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])
-def test_approximate_kinds_agree_with_exact_search(lm, tmp_path, kind):
+def test_approximate_kinds_agree_with_exact_search(lm, tmp_path, kind, monkeypatch):
+    monkeypatch.setattr(backend_faiss, "EXACT_MAX", 0)  # filtered queries go through the index too
     rng = np.random.default_rng(5)
     centres = rng.normal(0, 1, (40, 64))
     folder = tmp_path / "in"

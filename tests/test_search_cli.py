@@ -98,6 +98,7 @@ def test_index_add_info_and_eval_commands(built, lm, tokenizer_file, tmp_path, c
         (["--slide", "no_such_slide"], "no_such_slide"),
         (["--text", "tumor", "--seed", "1", "--weights", "none"], "weights"),
         (["--text", "tumor", "--filter", "stain=HE"], "--filter"),
+        (["--text", "tumor", "--filter", "label=tumour"], "tumour"),
         (["--text", "a", "b"], "--slides"),
     ],
 )

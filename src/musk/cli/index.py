@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
                 "--kind",
                 choices=("auto", "flat", "hnsw", "ivfpq"),
                 default="auto",
-                help="auto: exact up to 100k vectors, IVF-PQ (re-ranked) above (default: %(default)s)",
+                help="auto: exact up to 50k vectors, IVF-PQ (re-ranked) above (default: %(default)s)",
             )
             p.add_argument("--uri", default=None, help="Milvus server URI (default: Milvus Lite inside the index)")
             p.add_argument("--overwrite", action="store_true", help="build again over an existing index")

@@ -26,7 +26,8 @@ RERANK_FACTOR = 10
 RERANK_MIN = 100
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 80
 IVF_TRAIN_MAX = 131_072
-IVF_NPROBE = 64
+IVF_TRAIN_PER_LIST = 64
+IVF_NPROBE = 32
 SEED = 0
 
 
@@ -58,13 +59,14 @@ def _keep_best(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray
 
 
 def ivfpq_shape(vectors: int, dim: int) -> tuple[int, int]:
-    """``(lists, sub-quantizers)`` of an IVF-PQ index: about 4 sqrt(n) lists with 39+ training vectors each;
-    one 8-bit code per 16 dimensions (64 bytes for MUSK's 1024)."""
+    """``(lists, sub-quantizers)`` of an IVF-PQ index: about sqrt(n) lists (a power of two, 39+ training vectors
+    each); one 8-bit code per 16 dimensions (64 bytes for MUSK's 1024), at least 16 codes."""
     if vectors < 256:
         raise SearchError(f"an ivfpq index needs at least 256 vectors, this one has {vectors}; use --kind flat")
-    lists = int(2 ** round(np.log2(4 * np.sqrt(vectors))))
+    lists = int(2 ** round(np.log2(np.sqrt(vectors))))
     lists = max(1, min(lists, vectors // 39))
-    sub = next(m for m in (dim // 16, dim // 8, dim // 4, dim // 2, dim) if m >= 1 and dim % m == 0)
+    wanted = min(dim, max(dim // 16, 16))  # at least 16 codes: fewer cannot tell neighbours apart
+    sub = next(m for m in range(wanted, dim + 1) if dim % m == 0)
     return lists, sub
 
 
@@ -77,7 +79,6 @@ class FaissBackend(Backend):
         self._set_layout(manifest)
         self._vectors = None
         self._ann = None
-        self._ann_rows = None
 
     def _set_layout(self, manifest: IndexManifest) -> None:
         live = sorted(manifest.slides, key=lambda r: r.start)
@@ -96,8 +97,6 @@ class FaissBackend(Backend):
         name = self.manifest.backend_state.get("ann")
         if self._ann is None and name:
             self._ann = _faiss().read_index(str(self.directory / name))
-            if self.kind == "hnsw":
-                self._ann_rows = _faiss().vector_to_array(self._ann.id_map).astype(np.int64)
         return self._ann
 
     # ---- writing ---------------------------------------------------------------------------
@@ -154,7 +153,8 @@ class FaissBackend(Backend):
             lists, sub = ivfpq_shape(len(rows), manifest.dim)
             quantizer = faiss.IndexFlatIP(manifest.dim)
             index = faiss.IndexIVFPQ(quantizer, manifest.dim, lists, sub, 8, faiss.METRIC_INNER_PRODUCT)
-            sample = np.sort(np.random.default_rng(SEED).permutation(rows)[:IVF_TRAIN_MAX])
+            train = min(IVF_TRAIN_MAX, max(IVF_TRAIN_PER_LIST * lists, 256 * 39))
+            sample = np.sort(np.random.default_rng(SEED).permutation(rows)[:train])
             index.train(np.ascontiguousarray(self.store.read(manifest.rows)[sample]))
         self._add(index, rows, manifest.rows)
         return index
@@ -179,22 +179,22 @@ class FaissBackend(Backend):
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         ranges = self._ranges(keys)
         allowed = sum(stop - start for start, stop in ranges)
-        if self.kind == "flat" or allowed <= EXACT_MAX:
-            scores, rows = exact_top_k(self._blocks(ranges), queries, k)
-        else:
+        exact = self.kind == "flat" or (keys is not None and allowed <= EXACT_MAX)  # a small subset: scanned
+        if not exact:
             scores, rows = self._approximate(queries, k, ranges if keys is not None else None)
+            exact = (rows >= 0).sum(1).min() < min(k, allowed)  # a filter the probed part of the index missed
+        if exact:
+            scores, rows = exact_top_k(self._blocks(ranges), queries, k)
         return scores, self._ids(rows)
 
     def _approximate(self, queries, k: int, ranges) -> tuple[np.ndarray, np.ndarray]:
         faiss, index = _faiss(), self.ann
         fetch = max(RERANK_FACTOR * k, RERANK_MIN)
-        selector, mask = None, None
-        if ranges is not None:
+        selector = None
+        if ranges is not None:  # a bitmap over stored rows (the ids of the index)
             mask = np.zeros(self.manifest.rows, dtype=bool)
             for start, stop in ranges:
                 mask[start:stop] = True
-            if self.kind == "hnsw":
-                mask = mask[self._ann_rows]
             bitmap = np.packbits(mask, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
         if self.kind == "hnsw":

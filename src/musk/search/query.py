@@ -111,6 +111,12 @@ class SearchIndex:
             if key not in FILTER_KEYS:
                 raise SearchError(f"cannot filter on {key!r}; filters are {', '.join(FILTER_KEYS)}")
             wanted = {wanted} if isinstance(wanted, str) else set(wanted)
+            known = {r.label if key == "label" else r.case_id for r in self.manifest.slides} - {None}
+            if not wanted & known:
+                raise SearchError(
+                    f"no indexed slide has the {key} {listing(sorted(wanted))}; the index's "
+                    f"{key}s: {listing(sorted(known))}"
+                )
             chosen = [r for r in chosen if (r.label if key == "label" else r.case_id) in wanted]
         if exclude_case is not None:
             chosen = [r for r in chosen if r.case_id != exclude_case]
