@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -205,16 +206,30 @@ def main() -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer.spm for --text")
     p.add_argument("--workdir", default=None, help="where the h5 files and indexes go (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="FAISS and torch threads (default: theirs)")
     args = p.parse_args()
+    if args.threads:
+        import faiss
+        import torch
+
+        faiss.omp_set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="musk-search-bench-"))
     try:
         start = time.perf_counter()
         files, queries = write_cohort(work / "features", args.vectors, args.dim, args.clusters, args.seed)
-        print(json.dumps({"generated_s": round(time.perf_counter() - start, 1), "files": len(files)}), flush=True)
+        setting = {
+            "generated_s": round(time.perf_counter() - start, 1),
+            "files": len(files),
+            "threads": args.threads,
+            "load_average": os.getloadavg()[0],
+        }
+        print(json.dumps(setting), flush=True)
         queries = {name: vectors[: args.queries] for name, vectors in queries.items()}
         for kind in args.kinds:
             subset = files[: -(-args.hnsw_vectors // PATCHES_PER_SLIDE)] if kind == "hnsw" else files
-            print(json.dumps(bench_kind(kind, subset, work, queries, args.dim, args)), flush=True)
+            result = bench_kind(kind, subset, work, queries, args.dim, args)
+            print(json.dumps({**result, "load_average": os.getloadavg()[0]}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

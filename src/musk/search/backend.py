@@ -15,7 +15,7 @@ import numpy as np
 from .layout import IndexManifest
 from .records import SearchError, SlideRecord
 
-__all__ = ["BACKENDS", "KINDS", "Backend", "open_backend", "patch_ids", "resolve_kind", "split_ids"]
+__all__ = ["BACKENDS", "KINDS", "Backend", "backend_class", "open_backend", "patch_ids", "resolve_kind", "split_ids"]
 
 BACKENDS = ("faiss", "milvus")
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -106,14 +106,20 @@ class Backend(ABC):
         return self.manifest.backend_state.get("kind", "flat")
 
 
-def open_backend(directory: Path, manifest: IndexManifest, uri: str | None = None) -> Backend:
-    """The backend ``manifest.backend`` over ``directory`` (``uri``: a Milvus server for a new Milvus index)."""
-    if manifest.backend == "faiss":
+def backend_class(name: str) -> type[Backend]:
+    """The backend called ``name``."""
+    if name == "faiss":
         from .backend_faiss import FaissBackend
 
-        return FaissBackend(directory, manifest)
-    if manifest.backend == "milvus":
+        return FaissBackend
+    if name == "milvus":
         from .backend_milvus import MilvusBackend
 
-        return MilvusBackend(directory, manifest, uri)
-    raise SearchError(f"unknown backend {manifest.backend!r}; choose one of {', '.join(BACKENDS)}")
+        return MilvusBackend
+    raise SearchError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def open_backend(directory: Path, manifest: IndexManifest, uri: str | None = None) -> Backend:
+    """The backend ``manifest.backend`` over ``directory`` (``uri``: a Milvus server for a new Milvus index)."""
+    cls = backend_class(manifest.backend)
+    return cls(directory, manifest, uri) if manifest.backend == "milvus" else cls(directory, manifest)

@@ -22,8 +22,8 @@ VECTORS = "vectors.f32"
 #: Rows scored at a time by an exact scan (64 k rows of 1024 float32 = 256 MB).
 CHUNK_ROWS = 65_536
 #: Approximate search fetches this many times k candidates (at least RERANK_MIN) and re-ranks them exactly.
-RERANK_FACTOR = 10
-RERANK_MIN = 100
+RERANK_FACTOR = 20
+RERANK_MIN = 200
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 80
 IVF_TRAIN_MAX = 131_072
 IVF_TRAIN_PER_LIST = 64

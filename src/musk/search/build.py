@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backend import BACKENDS, Backend, open_backend, resolve_kind
+from .backend import Backend, backend_class, open_backend, resolve_kind
 from .cases import CaseInfo, check_cases_indexed, read_cases
 from .inputs import FeatureHeader, FeatureSource, find_sources, read_chunks, read_header
 from .layout import (
@@ -183,10 +183,7 @@ def _write_slides(writer: IndexWriter, todo: list[Planned], lm, cases: dict, jou
 
 
 def _new_manifest(lm, backend: str, kind: str, uri: str | None) -> IndexManifest:
-    if backend not in BACKENDS:
-        raise SearchError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     resolve_kind(kind, 0)  # an unknown kind fails here, before anything is written
-    backend_class = _backend_class(backend)
     return IndexManifest(
         model=lm.architecture,
         weights_sha256=lm.weights_sha256,
@@ -194,18 +191,8 @@ def _new_manifest(lm, backend: str, kind: str, uri: str | None) -> IndexManifest
         dim=model_dim(lm),
         backend=backend,
         kind=kind,
-        backend_state=backend_class.initial_state(uri),
+        backend_state=backend_class(backend).initial_state(uri),
     )
-
-
-def _backend_class(name: str) -> type[Backend]:
-    if name == "milvus":
-        from .backend_milvus import MilvusBackend
-
-        return MilvusBackend
-    from .backend_faiss import FaissBackend
-
-    return FaissBackend
 
 
 def _settings(manifest: IndexManifest) -> dict:
