@@ -278,3 +278,16 @@ def _read_raw(cohort):
         with h5py.File(features_dir / f"{name}.h5") as f:
             out[name] = f["features"][()]
     return out
+
+
+def test_a_slide_without_tissue_is_indexed_without_vectors(lm, tmp_path):
+    write_features(tmp_path / "in" / "glass.h5", np.zeros((0, 64), np.float32), lm.weights_sha256)
+    write_features(tmp_path / "in" / "tissue.h5", np.ones((4, 64), np.float32), lm.weights_sha256)
+    (tmp_path / "cases.csv").write_text("slide,case,label\nglass,c1,empty\ntissue,c2,tumor\n")
+    build_index([tmp_path / "in"], tmp_path / "index", lm, cases=tmp_path / "cases.csv")
+    with open_index(tmp_path / "index") as index:
+        assert index.slide("glass").patches == 0 and index.info()["vectors"] == 4
+        assert {h.slide for h in index.search_text(lm, "tumor", k=10)} == {"tissue"}
+        assert [h.slide for h in index.similar_slides("tissue")] == []
+        with pytest.raises(SearchError, match="no patches"):
+            index.similar_slides("glass")
