@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ..files import atomic_path
-from .backend import EXACT_MAX, Backend, resolve_kind
+from .backend import EXACT_MAX, Backend, resolve_kind, split_ids
 from .layout import IndexManifest
 from .records import SearchError, SlideRecord
 from .store import RowFile
@@ -27,7 +27,8 @@ RERANK_MIN = 200
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 80
 IVF_TRAIN_MAX = 131_072
 IVF_TRAIN_PER_LIST = 64
-IVF_NPROBE = 32
+#: Lists probed per query: a sixty-fourth of them, at least IVF_NPROBE_MIN (16 of 1024 at 1 M vectors).
+IVF_NPROBE_MIN = 16
 SEED = 0
 
 
@@ -85,11 +86,13 @@ class FaissBackend(Backend):
         self._starts = np.array([r.start for r in live], dtype=np.int64)
         self._keys = np.array([r.key for r in live], dtype=np.int64)
         self._start_of = {r.key: (r.start, r.patches) for r in live}
+        self._all_ranges = [(r.start, r.start + r.patches) for r in live if r.patches]
+        self._all_count = manifest.vectors
 
     @property
     def stored(self) -> np.ndarray:
         if self._vectors is None:
-            self._vectors = self.store.read(self.manifest.rows)
+            self._vectors = np.asarray(self.store.read(self.manifest.rows))  # a plain view: no memmap overhead
         return self._vectors
 
     @property
@@ -156,6 +159,7 @@ class FaissBackend(Backend):
             train = min(IVF_TRAIN_MAX, max(IVF_TRAIN_PER_LIST * lists, 256 * 39))
             sample = np.sort(np.random.default_rng(SEED).permutation(rows)[:train])
             index.train(np.ascontiguousarray(self.store.read(manifest.rows)[sample]))
+            index.nprobe = max(IVF_NPROBE_MIN, lists // 64)
         self._add(index, rows, manifest.rows)
         return index
 
@@ -167,7 +171,9 @@ class FaissBackend(Backend):
 
     # ---- reading ---------------------------------------------------------------------------
     def _ranges(self, keys: Sequence[int] | None) -> list[tuple[int, int]]:
-        chosen = self._start_of.values() if keys is None else (self._start_of[k] for k in keys if k in self._start_of)
+        if keys is None:
+            return self._all_ranges
+        chosen = (self._start_of[k] for k in keys if k in self._start_of)
         return sorted((start, start + n) for start, n in chosen if n)
 
     def _blocks(self, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
@@ -178,7 +184,7 @@ class FaissBackend(Backend):
     def search(self, queries: np.ndarray, k: int, keys: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         ranges = self._ranges(keys)
-        allowed = sum(stop - start for start, stop in ranges)
+        allowed = self._all_count if keys is None else sum(stop - start for start, stop in ranges)
         exact = self.kind == "flat" or (keys is not None and allowed <= EXACT_MAX)  # a small subset: scanned
         if not exact:
             scores, rows = self._approximate(queries, k, ranges if keys is not None else None)
@@ -200,7 +206,7 @@ class FaissBackend(Backend):
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(fetch, 64))
         else:
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=IVF_NPROBE)
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
         _, candidates = index.search(queries, fetch, params=params)
         return self._rerank(queries, candidates, k)
 
@@ -223,9 +229,9 @@ class FaissBackend(Backend):
         return np.where(rows >= 0, ids, -1)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        rows = np.array([self._start_of[int(i >> 32)][0] + int(i & 0xFFFFFFFF) for i in ids], dtype=np.int64)
-        return np.asarray(self.stored[rows], dtype=np.float32).reshape(len(ids), self.manifest.dim)
+        keys, patches = split_ids(ids)
+        rows = np.array([self._start_of[key][0] for key in keys.tolist()], dtype=np.int64) + patches
+        return self.stored[rows].reshape(len(rows), self.manifest.dim)
 
     def slide_vectors(self, record: SlideRecord) -> np.ndarray:
         return np.asarray(self.stored[record.start : record.start + record.patches])
