@@ -2,7 +2,7 @@
 
     python benchmarks/mil_train.py --n_bags 1000 --patches 2000 --dim 1024 --storage float16 --num_workers 2
 
-Generates ``n_bags`` h5 feature files (DESIGN.md section-4 layout: ``coords`` + ``features`` + attributes) in
+Generates ``n_bags`` h5 feature files (docs/architecture.md, "On-disk formats": ``coords``, ``features``, attributes) in
 a temporary folder, trains ABMIL on them reading every bag from disk each epoch (no in-memory cache), and
 deletes the folder. ``--storage float16`` halves the disk footprint (1,000 x 2,000 x 1,024 is 8.2 GB as
 float32, 4.1 GB as float16); the reader converts to float32, so the model sees the same numbers either way.

@@ -10,6 +10,10 @@ plus the white background for unscanned areas, the resize to ``patch_size`` and 
 same run, alternating, best of ``--repeats``. Printed: patches/s of each, the loader's rate per worker as a
 fraction of the bare loop's, and the speed-up from 1 worker to N. Default slide: CMU-1-Small-Region (fetched
 by scripts/fetch_sample_slide.py), patches cycled until ``--patches`` are read.
+
+``--plain_image N`` measures instead a plain-image slide (a synthetic N x N PNG): the loader given the file,
+where every worker decodes the whole image, against the loader given the slide opened once, whose decoded
+pixels the workers share (what ``extract_slide_features`` and ``musk wsi`` do), that one decode included.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +34,7 @@ from torch.utils.data import DataLoader
 from musk.models.config import MuskConfig
 from musk.models.musk import default_pretrained_cfg
 from musk.wsi.dataset import PatchPreprocessing, SlidePatchDataset
-from musk.wsi.patching import plan_patches
+from musk.wsi.patching import PatchGrid, plan_patches
 from musk.wsi.readers import open_slide
 from musk.wsi.tissue import segment_tissue
 
@@ -72,6 +77,45 @@ def package_loader(slide: Path, grid, batch_size: int, workers: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def plain_image(folder: Path, side: int) -> Path:
+    """A side x side PNG of smooth stain-like texture (compresses like a scan, decodes at full cost)."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32)
+    pixels = np.stack([200 + 30 * np.sin(x / 37), 120 + 40 * np.cos(y / 23), 170 + 20 * np.sin((x + y) / 51)], -1)
+    path = folder / "plain.png"
+    Image.fromarray(pixels.astype(np.uint8)).save(path, compress_level=1)
+    return path
+
+
+def compare_plain_image(side: int, args: argparse.Namespace) -> None:
+    """Seconds for one pass over the patches: workers decoding the file vs sharing one decode."""
+    preprocessing = PatchPreprocessing(default_pretrained_cfg(MuskConfig()))
+    with tempfile.TemporaryDirectory() as folder:
+        path = plain_image(Path(folder), side)
+        step = args.patch_size
+        xs = np.arange(0, side - step + 1, step)
+        coords = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2)[: args.patches]
+        grid = PatchGrid(coords, step, step, 0, step, None, 0.5, 0, 0.0)
+        print(f"plain image {side}x{side} ({path.stat().st_size / 1e6:.1f} MB PNG), {len(coords)} patches of {step} px")
+        for workers in args.workers:
+            per_worker, shared = [], []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                loader = DataLoader(SlidePatchDataset(path, grid, preprocessing, mpp=0.5), args.batch_size,
+                                    num_workers=workers)  # fmt: skip
+                sum(len(batch) for batch in loader)
+                per_worker.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                with open_slide(path, mpp=0.5, max_pixels=None) as reader:
+                    loader = DataLoader(SlidePatchDataset(reader, grid, preprocessing), args.batch_size,
+                                        num_workers=workers)  # fmt: skip
+                    sum(len(batch) for batch in loader)
+                shared.append(time.perf_counter() - start)
+            print(f"{workers} worker(s): each decoding the file {min(per_worker):6.2f} s; one shared decode "
+                  f"{min(shared):6.2f} s = {min(per_worker) / min(shared):.2f}x faster")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slide", type=Path, default=None, help="default: CMU-1-Small-Region")
@@ -81,7 +125,11 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plain_image", type=int, default=None, metavar="N", help="measure an N x N PNG instead")
     args = parser.parse_args()
+    if args.plain_image:
+        compare_plain_image(args.plain_image, args)
+        return
 
     slide = args.slide or default_slide()
     with open_slide(slide) as reader:

@@ -1,4 +1,4 @@
-"""Generated MIL cohorts for the tests: h5 feature files in the DESIGN.md section-4 layout plus a manifest.
+"""Generated MIL cohorts for the tests: h5 feature files (docs/architecture.md, "On-disk formats") and a manifest.
 
 Classification: a positive case's bag holds a few *planted* patches shifted along a fixed direction among
 background patches, some of which ("decoys") are shifted 0.4 as far in every bag, so a patch-level detector

@@ -793,3 +793,36 @@ def test_an_unreachable_hub_is_detected_once_and_only_the_cache_is_asked(monkeyp
             musk.get_tokenizer(cache_dir=tmp_path)
     assert len(probes) == 1 and probes[0][0] == "huggingface.co"
     assert calls == [{"cache_dir": tmp_path, "local_files_only": True}] * 2
+
+
+def test_embed_and_zeroshot_equal_their_python_calls(tmp_path, embedded, images, weights, tokenizer_file):
+    from musk.zeroshot import write_table
+
+    loaded = musk.load(TINY, weights=weights, device="cpu")
+    python = loaded.embed_images(list_images_of(images), with_head=False, normalize=False, batch_size=2)
+    python.save(tmp_path / "python.npz")
+    cli, py = load_npz(embedded[1]), load_npz(tmp_path / "python.npz")
+    assert cli.keys() == py.keys() and all(np.array_equal(cli[k], py[k]) for k in cli)
+
+    out = tmp_path / "zs.csv"
+    assert (
+        run(
+            "zeroshot",
+            images["folder"],
+            "--classes",
+            *CLASSES,
+            "--tokenizer",
+            tokenizer_file,
+            "-o",
+            out,
+            *model_args(weights),
+        )
+        == 1
+    )  # fmt: skip  (the corrupt file)
+    named = musk.load(TINY, weights=weights, tokenizer=tokenizer_file)
+    write_table(named.classify(musk.images.list_images(images["folder"]), CLASSES), tmp_path / "python.csv")
+    assert out.read_text() == (tmp_path / "python.csv").read_text()
+
+
+def list_images_of(images) -> list:
+    return musk.images.list_images([images["folder"], images["extra"]])

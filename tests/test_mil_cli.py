@@ -116,4 +116,4 @@ def test_survival_cli(tmp_path, capsys, reports):
 def test_yaml_with_an_unknown_option_is_refused(tmp_path, capsys):
     (tmp_path / "run.yaml").write_text("manifest: m.csv\nlearning_rate: 0.1\n")
     assert main(["mil", "train", "--config", str(tmp_path / "run.yaml")]) == 2
-    assert "unknown option(s) learning_rate" in capsys.readouterr().err
+    assert "run.yaml: unknown setting(s) learning_rate" in capsys.readouterr().err

@@ -168,9 +168,9 @@ def test_bad_settings_get_clear_errors(cohort, tmp_path, capsys):
         train_mil(_config(manifest, features, tmp_path / "run", folds=2, val_fraction=0.99))
     assert not (tmp_path / "run" / "fold_0").exists()
 
-    (tmp_path / "run.yaml").write_text(f"manifest: {manifest}\nfeatures_dir: {features}\nfolds: '2'\n")
+    (tmp_path / "run.yaml").write_text(f"manifest: {manifest}\nfeatures_dir: {features}\nfolds: two\n")
     assert main(["mil", "train", "--config", str(tmp_path / "run.yaml"), "-o", str(tmp_path / "run")]) == 2
-    assert "folds must be an integer, got '2' (str)" in capsys.readouterr().err
+    assert "run.yaml: folds must be an integer, got 'two'" in capsys.readouterr().err
     config = _config(manifest, tmp_path / "features", tmp_path / "run", lr=1, classes=[0, 1])  # tolerated: coerced
     assert config.lr == 1.0 and config.classes == ["0", "1"]
 

@@ -110,3 +110,4 @@ def test_listing_shows_the_first_items_and_counts_the_rest():
     assert listing(["b", "a"], sort=True) == "a, b"
     assert listing(range(14)) == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 ... and 4 more"
     assert listing(range(4), limit=2) == "0, 1 ... and 2 more"
+    assert listing(["x", "y"], limit=1, sep="\n  ") == "x\n  ... and 1 more"

@@ -18,11 +18,12 @@ from PIL import Image
 from musk import get_transform
 from musk.cli import main
 from musk.files import file_sha256
+from musk.settings import SettingsError
 from musk.tokenizer import MuskTokenizer
 from musk.wsi import extract as extract_module
 from musk.wsi.extract import projected
 from musk.wsi.h5 import read_patch_file
-from musk.wsi.job import WsiJobConfig, exclusive_lock, run_wsi_job
+from musk.wsi.job import WsiJobConfig, exclusive_lock, heatmap_job, run_wsi_job
 from musk.wsi.patching import plan_patches
 from musk.wsi.readers import open_slide
 from musk.wsi.tissue import TissueMask
@@ -408,3 +409,88 @@ def test_heatmaps_of_classes_no_longer_asked_for_are_removed(finished_job, tmp_p
     assert sorted(p.name for p in folder.iterdir()) == ["00_tumor.png", "01_necrosis.png", "my notes.png"]
     assert main([*heatmap, "--classes", "tumor"]) == 1
     assert sorted(p.name for p in folder.iterdir()) == ["00_tumor.png", "my notes.png"]
+
+
+def test_heatmap_from_python_equals_the_cli(finished_job, tmp_path, tokenizer_file):
+    """`musk wsi heatmap` and `musk.wsi.heatmap_job` given only the classes (and the tokenizer): the same files."""
+    job_dir, _ = finished_job
+    by_cli, by_python = tmp_path / "cli", tmp_path / "python"
+    for copy in (by_cli, by_python):
+        shutil.copytree(job_dir, copy)
+    classes = ["necrosis", "tumor"]
+    heatmap = ["wsi", "heatmap", "--job_dir", str(by_cli), "--classes", *classes, "--tokenizer", str(tokenizer_file)]
+    assert main([*heatmap, "--device", "cpu"]) == 1  # (the corrupt and mpp-less slides)
+    result = heatmap_job(by_python, classes, tokenizer=str(tokenizer_file), device="cpu")
+    assert result.failed == ["corrupt", "nompp"]
+    assert result.summary == json.loads((by_cli / "summary.json").read_text())
+    made = ["features/cmu.h5", "features/s40.h5", "heatmaps/s40/00_necrosis.png", "heatmaps/s40/01_tumor.png"]
+    for name in made:
+        assert (by_cli / name).read_bytes() == (by_python / name).read_bytes(), name
+    assert not (by_python / "heatmaps" / "s40" / "01_stroma.png").exists()
+    saved = [json.loads((d / "config.json").read_text()) for d in (by_cli, by_python)]
+    assert saved[0]["config"] == saved[1]["config"] and saved[0]["settings"] == saved[1]["settings"]
+    assert saved[1]["config"]["patch_size"] == 256  # the job's geometry, not the default
+
+
+def test_heatmap_takes_the_tokenizer_beside_the_jobs_weights(slides, tiny, tmp_path, tokenizer_file):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    shutil.copy(tiny[0], folder / "tiny.safetensors")
+    shutil.copy(tokenizer_file, folder / "tokenizer.spm")
+    job_dir = tmp_path / "job"
+    config = WsiJobConfig(model=TINY, weights=str(folder / "tiny.safetensors"), patch_size=256, device="cpu")
+    assert run_wsi_job([slides / "s40.tif"], job_dir, config).failed == []
+    assert heatmap_job(job_dir, CLASSES, device="cpu").failed == []  # no tokenizer given: the one beside the weights
+    assert json.loads((job_dir / "config.json").read_text())["tokenizer"]["path"] == str(folder / "tokenizer.spm")
+    attrs = read_patch_file(job_dir / "features" / "s40.h5").attrs
+    assert attrs["zeroshot_tokenizer_sha256"] == file_sha256(tokenizer_file) and attrs["patch_size"] == 256
+
+
+def test_job_settings_name_the_key_and_where_it_came_from(finished_job, slides, tiny, tmp_path, capsys):
+    job_dir, _ = finished_job
+    copy = tmp_path / "job"
+    shutil.copytree(job_dir, copy)
+    record = json.loads((copy / "config.json").read_text())
+    record["config"]["patch_size"] = "big"
+    (copy / "config.json").write_text(json.dumps(record))
+    with pytest.raises(SettingsError, match=r"job/config.json: patch_size must be an integer, got 'big'"):
+        WsiJobConfig.from_job(copy, classes=CLASSES)
+    assert main(["wsi", "heatmap", "--job_dir", str(copy), "--classes", *CLASSES]) == 2
+    assert "config.json: patch_size must be an integer" in capsys.readouterr().err
+    with pytest.raises(SettingsError, match=r"the settings given: unknown setting\(s\) colour"):
+        WsiJobConfig.from_job(job_dir, colour="red")
+    assert main(job_args(slides, tmp_path / "new", "random")) == 2  # the old spelling of none
+    assert "random initialisation is spelled --weights none" in capsys.readouterr().err
+
+
+def test_random_weights_are_fingerprinted_by_their_parameters(slides, tmp_path, capsys):
+    job_dir = tmp_path / "job"
+    args = ["wsi", "extract", "--slides", str(slides / "glass.tif"), "--job_dir", str(job_dir), "--model", TINY,
+            "--weights", "none", "--patch_size", "128", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    weights = json.loads((job_dir / "config.json").read_text())["weights"]
+    assert weights["random"] is True and len(weights["sha256"]) == 64
+    assert read_patch_file(job_dir / "features" / "glass.h5").attrs["weights_sha256"] == weights["sha256"]
+    assert main([*args, "--seed", "1"]) == 2  # other random weights
+    assert f"weights_sha256: '{weights['sha256']}' then" in capsys.readouterr().err
+
+
+def test_a_job_an_older_version_made_with_random_weights_goes_on(slides, tmp_path):
+    """Older versions pinned weights_sha256 "random" for random weights: seeded alike, they are the same ones."""
+    job_dir = tmp_path / "job"
+    config = WsiJobConfig(model=TINY, weights=None, patch_size=128, device="cpu")
+    assert run_wsi_job([slides / "glass.tif"], job_dir, config).failed == []
+
+    def make_it_old():
+        record = json.loads((job_dir / "config.json").read_text())
+        record["settings"]["extract"]["weights_sha256"] = "random"
+        record.pop("weights")
+        (job_dir / "config.json").write_text(json.dumps(record))
+
+    make_it_old()
+    with pytest.raises(ValueError, match="weights_sha256: 'random' then"):  # another seed: other weights
+        run_wsi_job([slides / "glass.tif"], job_dir, WsiJobConfig(**{**vars(config), "seed": 1}))
+    result = run_wsi_job([slides / "glass.tif", slides / "s40.tif"], job_dir, config)
+    assert [r["status"] for r in result.records] == ["done", "done"]
+    pinned = json.loads((job_dir / "config.json").read_text())["settings"]["extract"]["weights_sha256"]
+    assert len(pinned) == 64 and read_patch_file(job_dir / "features" / "s40.h5").attrs["weights_sha256"] == pinned

@@ -10,10 +10,14 @@ LISTED = 10
 """How many items an error message names before it says how many more there are."""
 
 
-def listing(items: Iterable, limit: int = LISTED, sort: bool = False) -> str:
-    """``"a, b, c"``, or ``"a, b, ... and 7 more"`` past ``limit`` items (sorted first when ``sort``)."""
+def listing(items: Iterable, limit: int = LISTED, sort: bool = False, sep: str = ", ") -> str:
+    """``"a, b, c"``, or ``"a, b ... and 7 more"`` past ``limit`` items (sorted first when ``sort``; joined by
+    ``sep``)."""
     items = [str(item) for item in items]
     if sort:
         items.sort()
-    shown = ", ".join(items[:limit])
-    return f"{shown} ... and {len(items) - limit} more" if len(items) > limit else shown
+    shown = sep.join(items[:limit])
+    if len(items) <= limit:
+        return shown
+    gap = sep if "\n" in sep else " "
+    return f"{shown}{gap}... and {len(items) - limit} more"

@@ -21,10 +21,12 @@ from tqdm.auto import tqdm
 
 from ..files import atomic_path
 from ..images import ImageLoadError, collate_images
+from ..messages import listing
 from .data import BenchData, TransformedImages
 from .models import FEATURE_KINDS, ModelAdapter
 
 logger = logging.getLogger(__name__)
+NEWLINE_INDENT = "\n  "
 
 
 def cache_key(adapter: ModelAdapter, data: BenchData, kind: str, ms_aug: bool) -> dict:
@@ -118,11 +120,9 @@ def _compute(adapter, data, kind, ms_aug, batch_size, num_workers, progress) -> 
         if len(batch.indices):
             parts.append(adapter.encode_images(batch.images, kind, ms_aug=ms_aug).cpu().numpy())
     if failures:
-        shown = "\n  ".join(failures[:10])
-        more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
         raise ImageLoadError(
             f"{len(failures)} image(s) of {data.name}/{data.split} could not be read; fix or remove them:\n"
-            f"  {shown}{more}"
+            f"  {listing(failures, sep=NEWLINE_INDENT)}"
         )
     return np.concatenate(parts).astype(np.float32)
 

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-from dataclasses import fields
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..files import write_json
-from ..provenance import provenance
-from ..runtime import DTYPES, resolve_device, seed_everything
-from .common import run_config, show_progress
+from ..models import NO_WEIGHTS, PUBLISHED
+from ..runtime import PRECISIONS
+from .common import TOKENIZER_HELP, show_progress
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ..mil.predict import MILApplyConfig
 
-_NO_WEIGHTS = ("none", "random")
+#: Parsed values that are not settings of a run.
+_NOT_SETTINGS = ("run", "command", "mil_command", "verbose", "config")
+_PRECISION_HELP = "inference precision: the models' weights and inputs are cast to it (default: %(default)s)"
 
 
 def add_parser(subparsers) -> None:
@@ -37,7 +37,9 @@ def add_parser(subparsers) -> None:
 def _add_runtime(p: argparse.ArgumentParser, batch_size: int | None) -> None:
     group = p.add_argument_group("runtime")
     group.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps ... (default: auto)")
-    group.add_argument("--precision", choices=sorted(DTYPES), help="autocast on GPUs (default: fp32)")
+    group.add_argument(
+        "--precision", choices=PRECISIONS, help="autocast, with gradient scaling for fp16 (default: fp32)"
+    )
     group.add_argument("--batch_size", type=int, help=f"cases per step (default: {batch_size})")
     group.add_argument("--num_workers", type=int, help="bag loading processes (default: 0)")
     group.add_argument("--seed", type=int, help="default: 0")
@@ -69,8 +71,10 @@ def _add_train(commands) -> None:
     p.add_argument("--reports", help="folder of <case_id>.txt reports (else the manifest's report column)")
     p.add_argument("--report_embeddings", help=".npz with case_ids and embeddings, instead of embedding reports")
     p.add_argument("--text_model", help=f"MUSK architecture that embeds reports (default: {d.text_model})")
-    p.add_argument("--text_weights", help=f"its weights; 'none' = random, tests only (default: {d.text_weights})")
-    p.add_argument("--tokenizer", help="tokenizer.spm (default: from the hub)")
+    p.add_argument(
+        "--text_weights", help=f"its weights; '{NO_WEIGHTS}' = random, tests only (default: {d.text_weights})"
+    )
+    p.add_argument("--tokenizer", help=TOKENIZER_HELP)
     p.add_argument("--cache_dir", help="Hugging Face cache directory")
     p.add_argument("--classes", help="comma-separated class names in label order (default: the labels, sorted)")
     p.add_argument("--survival_loss", choices=SURVIVAL_LOSSES, help=f"default: {d.survival_loss}")
@@ -87,6 +91,11 @@ def _add_train(commands) -> None:
     p.add_argument("--dropout", type=float, help=f"default: {d.dropout}")
     p.add_argument("--balance", choices=BALANCING, help=f"class balancing (default: {d.balance})")
     p.add_argument("--no_cache_bags", dest="cache_bags", action="store_false", help="re-read bags every epoch")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs in an --output_dir that holds files no run of ours recorded (others are left alone)",
+    )
     _add_runtime(p, d.batch_size)
     p.set_defaults(run=run_train)
 
@@ -101,9 +110,14 @@ def _add_apply(commands, name: str, help_text: str, run) -> None:
     p.add_argument("--output_dir", "-o", required=True, help="where predictions.csv (and metrics.json) go")
     p.add_argument("--reports", help="folder of <case_id>.txt reports (else the manifest's report column)")
     p.add_argument("--report_embeddings", help=".npz with case_ids and embeddings")
-    p.add_argument("--tokenizer", help="tokenizer.spm (default: from the hub)")
-    p.add_argument("--text_weights", help="where the report encoder's weights are (default: as in training)")
+    p.add_argument("--tokenizer", help=TOKENIZER_HELP)
+    p.add_argument(
+        "--text_weights",
+        help=f"where the report encoder's weights are: '{PUBLISHED}', a hub id, a file, or '{NO_WEIGHTS}' "
+        "(default: as in training)",
+    )
     p.add_argument("--device", default="auto", help="default: %(default)s")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=_PRECISION_HELP)
     p.add_argument("--batch_size", type=int, default=8, help="default: %(default)s")
     p.add_argument("--num_workers", type=int, default=0, help="default: %(default)s")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
@@ -120,148 +134,48 @@ def _add_heatmap(commands) -> None:
     p.add_argument("--output_dir", "-o", required=True, help="where <name>_attention.h5 (and .png) go")
     p.add_argument("--thumbnail_size", type=int, default=2048, help="longest side in pixels (default: %(default)s)")
     p.add_argument("--device", default="auto", help="default: %(default)s")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=_PRECISION_HELP)
     p.set_defaults(run=run_heatmap)
 
 
-def _load_yaml(path: str) -> dict:
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file not found: {file}")
-    values = yaml.safe_load(file.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{file}: a config is a mapping of option names to values")
-    return values
-
-
 def run_train(args: argparse.Namespace) -> int:
-    from ..mil.train import MILTrainConfig, train_mil
+    from ..mil.train import train_config, train_mil
 
-    given = {k: v for k, v in vars(args).items() if k not in ("run", "command", "mil_command", "verbose", "config")}
-    values = _load_yaml(args.config) if getattr(args, "config", None) else {}
-    known = {f.name for f in fields(MILTrainConfig)} - {"progress"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{args.config}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    values.update(given)
-    if isinstance(values.get("classes"), str):
-        values["classes"] = [c.strip() for c in values["classes"].split(",") if c.strip()]
-    if str(values.get("text_weights")).lower() in _NO_WEIGHTS:
-        values["text_weights"] = None
-    result = train_mil(MILTrainConfig(**values, progress=show_progress()))
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    result = train_mil(train_config(getattr(args, "config", None), **given, progress=show_progress()))
     summary = {name: {"mean": m["mean"], "std": m["std"]} for name, m in result.results.items()}
     print(json.dumps({"output_dir": str(result.output_dir), **summary, "logrank_p": result.logrank_p}))
     return 0
 
 
-def _check_output_dir(output_dir: str, model_dir: str) -> None:
-    """Refuse to write predictions into a training run or model folder: they would replace the run's own."""
-    out = Path(output_dir)
-    holds = [n for n in ("results.json", "model.safetensors") if (out / n).is_file()] + [
-        f"{p.parent.name}/" for p in sorted(out.glob("fold_*/model.safetensors"))[:1]
-    ]
-    if holds or (out.is_dir() and out.resolve() == Path(model_dir).resolve()):
-        raise ValueError(
-            f"--output_dir {out} holds trained models or a training run ({', '.join(holds) or 'the --model_dir'}); "
-            f"its predictions.csv and provenance.json would be replaced: choose another folder, e.g. {out / 'eval'}"
-        )
+def _apply_config(args: argparse.Namespace) -> MILApplyConfig:
+    from ..mil.predict import MILApplyConfig
+    from ..settings import setting_names
 
-
-def _apply(args: argparse.Namespace, evaluate: bool):
-    from ..mil.predict import evaluate_mil, predict_mil
-
-    _check_output_dir(args.output_dir, args.model_dir)
-    seed_everything(args.seed)
-    function = evaluate_mil if evaluate else predict_mil
-    return function(
-        args.model_dir,
-        args.manifest,
-        args.features_dir,
-        reports=args.reports,
-        report_embeddings=args.report_embeddings,
-        tokenizer=args.tokenizer,
-        text_weights=args.text_weights,
-        device=resolve_device(args.device),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-    )
-
-
-def _write_outputs(args: argparse.Namespace, result) -> None:
-    from ..mil.train import prediction_rows, write_predictions_csv
-
-    output_dir = Path(args.output_dir)
-    rows = prediction_rows(result.cohort, range(len(result.cohort)), result.predictions, None)
-    if not result.metrics:
-        for row in rows:
-            row.pop("label", None)
-            row.pop("time", None)
-            row.pop("event", None)
-    write_predictions_csv(output_dir / "predictions.csv", rows)
-    record = provenance(run_config(args))
-    record["models"] = [str(m.path) for m in result.models]
-    if result.metrics is not None:
-        write_json(output_dir / "metrics.json", result.metrics)
-        record["metrics"] = result.metrics
-    write_json(output_dir / "provenance.json", record)
+    return MILApplyConfig(**{name: getattr(args, name) for name in setting_names(MILApplyConfig)})
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    result = _apply(args, evaluate=True)
-    _write_outputs(args, result)
+    from ..mil.predict import evaluate_to_folder
+
+    result = evaluate_to_folder(_apply_config(args))
     print(json.dumps(result.metrics))
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    result = _apply(args, evaluate=False)
-    _write_outputs(args, result)
+    from ..mil.predict import predict_to_folder
+
+    result = predict_to_folder(_apply_config(args))
     print(json.dumps({"output_dir": args.output_dir, "cases": len(result.cohort)}))
     return 0
 
 
 def run_heatmap(args: argparse.Namespace) -> int:
-    from ..files import atomic_path
-    from ..mil.heatmap import attention_map, draw_attention
-    from ..mil.saved import load_mil_models
-    from ..wsi.h5 import read_patch_file
+    from ..mil.heatmap import draw_heatmaps
 
-    if args.slides and len(args.slides) != len(args.features):
-        raise ValueError(f"{len(args.slides)} slides for {len(args.features)} feature files: give one slide per file")
-    names: dict[str, str] = {}
-    for features in args.features:
-        earlier = names.setdefault(Path(features).stem, features)
-        if earlier != features:
-            raise ValueError(
-                f"{earlier} and {features} share the name {Path(features).stem!r}, so their heatmaps would overwrite "
-                "each other in one --output_dir: run them separately with different output folders"
-            )
-    models = load_mil_models(args.model_dir, resolve_device(args.device))
-    output_dir = Path(args.output_dir)
-    written = []
-    for i, features in enumerate(args.features):
-        name = Path(features).stem
-        h5_path = attention_map(models, features, output_dir / f"{name}_attention.h5")
-        written.append(str(h5_path))
-        if args.slides:
-            from ..wsi.readers import open_slide
-
-            attention = read_patch_file(h5_path, arrays=("attention",))
-            slide = open_slide(args.slides[i])
-            size = int(attention.attrs.get("patch_size_level0", attention.attrs.get("patch_size", 0)))
-            if size <= 0:
-                raise ValueError(f"{features} has no patch_size_level0 attribute: cannot place its patches")
-            image = draw_attention(
-                slide.thumbnail(args.thumbnail_size),
-                attention.coords,
-                attention.arrays["attention"],
-                size,
-                slide.dimensions,
-            )
-            png = output_dir / f"{name}_attention.png"
-            with atomic_path(png) as tmp:
-                image.save(tmp, format="PNG")
-            written.append(str(png))
-    print(json.dumps({"written": written}))
+    written = draw_heatmaps(
+        args.model_dir, args.features, args.output_dir, args.slides, args.thumbnail_size, args.device, args.precision
+    )
+    print(json.dumps({"written": [str(path) for path in written]}))
     return 0

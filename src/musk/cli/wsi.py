@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
-from pathlib import Path
 
+from ..images import DEFAULT_MAX_PIXELS
 from ..models.weights import weights_option
+from ..settings import build, setting_names
 from ..zeroshot import DEFAULT_TEMPLATES
-from .common import add_model_args, add_runtime_args, positive_float, positive_int, show_progress
+from .common import TOKENIZER_HELP, add_model_args, add_runtime_args, positive_float, positive_int, show_progress
 
 
 def add_parser(subparsers) -> None:
@@ -63,6 +63,9 @@ def _add_job_args(p: argparse.ArgumentParser, slides_required: bool) -> None:
         p.add_argument(
             "--mpp", type=positive_float, default=None, help="microns per level-0 pixel, overriding metadata"
         )
+    p.add_argument("--max_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="largest plain-image slide (PNG, JPEG, untiled TIFF) decoded, checked before decoding "
+                        "(default: %(default)s)")  # fmt: skip
 
 
 def _add_segment_args(p: argparse.ArgumentParser) -> None:
@@ -90,42 +93,31 @@ def _add_zeroshot_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("zero-shot tissue map")
     g.add_argument("--classes", nargs="+", required=required, default=[], help="class names, e.g. tumor stroma")
     g.add_argument("--templates", nargs="+", default=list(DEFAULT_TEMPLATES), help="prompts with {} for the class")
-    g.add_argument("--tokenizer", default=None, help="tokenizer.spm (default: beside local weights, else the hub)")
+    g.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
 
 
-def job_config(args: argparse.Namespace):
-    """The :class:`musk.wsi.WsiJobConfig` of parsed arguments."""
-    from ..wsi.job import JOB_SETTINGS, WsiJobConfig
+def job_settings(args: argparse.Namespace) -> dict:
+    """The :class:`musk.wsi.WsiJobConfig` values the options give (``heatmap``: no ``--precision`` is the job's)."""
+    from ..wsi import WsiJobConfig
 
-    values = {f.name: getattr(args, f.name) for f in fields(WsiJobConfig) if hasattr(args, f.name)}
+    values = {name: getattr(args, name) for name in setting_names(WsiJobConfig) if hasattr(args, name)}
     if hasattr(args, "mag"):
         values["magnification"] = None if args.target_mpp is not None else args.mag
     if "weights" in values:
         values["weights"] = weights_option(values["weights"])
-    values["progress"] = show_progress()
-    if args.stage == "heatmap":  # everything but the classes and the runtime comes from the job
-        saved = _saved(Path(args.job_dir))["config"]
-        values |= {k: saved[k] for k in (*JOB_SETTINGS, "model", "weights", "cache_dir", "features") if k in saved}
-        if args.precision is None:
-            values["precision"] = saved.get("precision", "fp32")
-    return WsiJobConfig(**values)
+    if values.get("precision", "") is None:
+        del values["precision"]
+    return values | {"progress": show_progress()}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..wsi.job import run_wsi_job
+    from ..wsi import WsiJobConfig, heatmap_job, run_wsi_job
 
-    if args.stage == "run":
-        stages = ("heatmap",) if args.classes else ("extract",)
+    settings = job_settings(args)
+    if args.stage == "heatmap":
+        result = heatmap_job(args.job_dir, settings.pop("classes"), args.slides, **settings)
     else:
-        stages = (args.stage,)
-    slides = args.slides or _saved(Path(args.job_dir))["slides"]
-    result = run_wsi_job(slides, args.job_dir, job_config(args), stages)
+        stages = (("heatmap",) if args.classes else ("extract",)) if args.stage == "run" else (args.stage,)
+        result = run_wsi_job(args.slides, args.job_dir, build(WsiJobConfig, settings, "the command line"), stages)
     print(json.dumps(result.summary, indent=2))
     return 1 if result.failed else 0
-
-
-def _saved(job_dir: Path) -> dict:
-    config = job_dir / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{job_dir} holds no job (no config.json): run `musk wsi extract` first")
-    return json.loads(config.read_text())

@@ -1,4 +1,5 @@
-"""Bags: the patch features of a case's slides (h5 files, DESIGN.md section 4) as one tensor per case."""
+"""Bags: the patch features of a case's slides (h5 files, docs/architecture.md "On-disk formats") as one tensor
+per case."""
 
 from __future__ import annotations
 
@@ -9,21 +10,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..wsi.h5 import read_patch_file
+from ..messages import listing
+from .features import check_feature_file, read_feature_file
 from .manifest import Cohort
 
-__all__ = ["BagDataset", "bag_feature_dim", "finite_features", "read_bag"]
-
-
-def _h5py():
-    from ..wsi.h5 import _h5py as load
-
-    return load()
+__all__ = ["BagDataset", "bag_feature_dim", "read_bag"]
 
 
 def bag_feature_dim(cohort: Cohort, features_dir: str | os.PathLike) -> int:
-    """The feature width shared by every slide of ``cohort``; errors name empty cases and odd widths."""
-    h5py = _h5py()
+    """The feature width shared by every slide of ``cohort`` (each file checked: :mod:`musk.mil.features`);
+    errors name empty cases and odd widths."""
     features_dir = Path(features_dir)
     widths: dict[int, list[str]] = {}
     empty = []
@@ -31,15 +27,9 @@ def bag_feature_dim(cohort: Cohort, features_dir: str | os.PathLike) -> int:
         patches = 0
         for slide in case.slide_ids:
             path = features_dir / f"{slide}.h5"
-            try:
-                with h5py.File(path, "r") as f:
-                    if "features" not in f:
-                        raise ValueError(f"{path} has no 'features' dataset: is it a coordinates-only file?")
-                    n, d = f["features"].shape
-            except OSError as e:
-                raise ValueError(f"{path} is not a readable h5 file ({e}); extract its features again") from e
-            patches += n
-            widths.setdefault(d, []).append(str(path))
+            shape = check_feature_file(path)
+            patches += shape.patches
+            widths.setdefault(shape.width, []).append(str(path))
         if patches == 0:
             empty.append(case.case_id)
     if len(widths) > 1:
@@ -47,34 +37,19 @@ def bag_feature_dim(cohort: Cohort, features_dir: str | os.PathLike) -> int:
         raise ValueError(f"the feature files disagree on the feature width ({summary}); use one encoder for all")
     if empty:
         raise ValueError(
-            f"{len(empty)} case(s) have no patches in any slide (no tissue found?): {', '.join(empty[:20])}; "
+            f"{len(empty)} case(s) have no patches in any slide (no tissue found?): {listing(empty, 20)}; "
             "remove them from the manifest"
         )
     return next(iter(widths))
 
 
-def finite_features(path: str | os.PathLike, features: np.ndarray) -> np.ndarray:
-    """``features`` (read from ``path``) as float32; NaN or infinite values are refused, naming the file."""
-    features = np.asarray(features, dtype=np.float32)
-    finite = np.isfinite(features)
-    if not finite.all():
-        rows = np.flatnonzero(~finite.all(1))
-        raise ValueError(
-            f"{path}: {int((~finite).sum())} feature value(s) are NaN or infinite, in {len(rows)} patch(es) "
-            f"(rows {rows[:5].tolist()}); extract its features again or remove the slide"
-        )
-    return features
-
-
 def read_bag(features_dir: str | os.PathLike, slide_ids: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Features of the slides stacked (float32, (N, D)) and each slide's coords, in slide order.
-
-    A file with NaN or infinite features is refused (naming it): one such value makes every loss NaN."""
+    """Features of the slides stacked (float32, (N, D)) and each slide's coords, in slide order (each file
+    checked before it is read: :func:`musk.mil.features.read_feature_file`)."""
     parts, coords = [], []
     for slide in slide_ids:
-        path = Path(features_dir) / f"{slide}.h5"
-        patch_file = read_patch_file(path, arrays=("features",))
-        parts.append(finite_features(path, patch_file.features))
+        patch_file = read_feature_file(Path(features_dir) / f"{slide}.h5")
+        parts.append(patch_file.features)
         coords.append(patch_file.coords)
     return np.concatenate(parts) if len(parts) > 1 else parts[0], coords
 

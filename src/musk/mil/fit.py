@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +14,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
+from ..training.precision import TrainingPrecision
+from ..training.selection import ModelSelection
 from .data import BagDataset, collate_bags
 from .losses import cox_partial_nll, discrete_time_nll, hazards_to_risk
 from .models import MILModel
@@ -61,11 +62,13 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 def _forward(model: MILModel, batch: list[dict]) -> torch.Tensor:
-    device = _device(model)
+    """Head outputs (batch, out_dim) as fp32; the inputs go to the model's device and dtype."""
+    param = next(model.parameters())
     outputs = []
     for item in batch:
-        features = None if item["features"] is None else item["features"].to(device, non_blocking=True)
-        text = None if item["text"] is None else item["text"].to(device)
+        features = item["features"]
+        features = None if features is None else features.to(param.device, param.dtype, non_blocking=True)
+        text = None if item["text"] is None else item["text"].to(param.device, param.dtype)
         outputs.append(model(features, text)[0])
     return torch.stack(outputs).float()
 
@@ -92,10 +95,72 @@ def _class_weights(dataset: BagDataset, indices: np.ndarray, n_classes: int) -> 
     return weights
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+def _balancing(
+    dataset: BagDataset, fit_indices: np.ndarray, options: FitOptions, device: torch.device
+) -> tuple[torch.Tensor | None, WeightedRandomSampler | None]:
+    """Class balancing (classification): loss weights, or a sampler that draws cases class-balanced."""
+    if dataset.cohort.task != "classification" or options.balance == "none":
+        return None, None
+    weights = _class_weights(dataset, fit_indices, len(dataset.cohort.classes))
+    if options.balance == "weights":
+        return torch.tensor(weights, dtype=torch.float32, device=device), None
+    labels = [dataset.cohort.cases[i].label for i in fit_indices]
+    generator = torch.Generator().manual_seed(options.seed)
+    return None, WeightedRandomSampler(weights[labels], len(fit_indices), replacement=True, generator=generator)
+
+
+def _fit_loader(
+    dataset: BagDataset, fit_indices: np.ndarray, options: FitOptions, sampler: WeightedRandomSampler | None
+) -> DataLoader:
+    return DataLoader(
+        Subset(dataset, fit_indices.tolist()),
+        batch_size=options.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=dataset.cohort.task == "survival" and len(fit_indices) > options.batch_size,
+        collate_fn=collate_bags,
+        num_workers=options.num_workers,
+        persistent_workers=options.num_workers > 0,
+        generator=torch.Generator().manual_seed(options.seed),
+    )
+
+
+def _train_epoch(
+    model: MILModel,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    precision: TrainingPrecision,
+    loss_of: Callable[[torch.Tensor, list[dict]], torch.Tensor],
+    options: FitOptions,
+    epoch: int,
+) -> dict:
+    """One pass over ``loader``: the epoch's mean training loss and its seconds waiting for data and computing."""
+    model.train()
+    total, seen, waited, computed = 0.0, 0, 0.0, 0.0
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not options.progress, leave=False):
+        ready = time.perf_counter()
+        waited += ready - start
+        with precision.autocast():
+            outputs = _forward(model, batch)
+        loss = loss_of(outputs, batch)
+        optimizer.zero_grad(set_to_none=True)
+        precision.backward(loss)
+        precision.step(optimizer, model.parameters(), options.max_grad_norm)
+        total += loss.item() * len(batch)
+        seen += len(batch)
+        start = time.perf_counter()
+        computed += start - ready
+    return {"epoch": epoch, "train_loss": total / max(seen, 1), "data_s": waited, "compute_s": computed}
+
+
+def _validation_loss(
+    model: MILModel, dataset: BagDataset, val_indices: np.ndarray, options: FitOptions, bin_edges
+) -> float:
+    outputs = predict_outputs(model, dataset, val_indices, options.batch_size, options.num_workers)
+    batch = [{"label": c.label, "time": c.time, "event": c.event} for c in dataset.cohort.subset(val_indices).cases]
+    task = dataset.cohort.task
+    return _loss(torch.as_tensor(outputs), batch, task, options.survival_loss, None, bin_edges).item()
 
 
 def fit_model(
@@ -107,7 +172,8 @@ def fit_model(
     bin_edges: np.ndarray | None = None,
 ) -> FitResult:
     """Train ``model`` (already on its device) on ``fit_indices``; keep the weights of the epoch with the lowest
-    loss on ``val_indices`` (the last epoch when there are none). Each history entry has the epoch's losses
+    loss on ``val_indices`` (the last epoch when there are none). Precision: autocast, with a gradient scaler
+    for fp16 (:class:`musk.training.precision.TrainingPrecision`). Each history entry has the epoch's losses
     and its seconds spent waiting for data and computing."""
     task = dataset.cohort.task
     fit_indices, val_indices = np.asarray(fit_indices), np.asarray(val_indices)
@@ -115,73 +181,38 @@ def fit_model(
         raise ValueError("the Cox loss compares cases within a batch: use batch_size >= 2")
     device = _device(model)
     edges = None if bin_edges is None else torch.as_tensor(bin_edges)
-    class_weights, sampler = None, None
-    if task == "classification" and options.balance != "none":
-        weights = _class_weights(dataset, fit_indices, len(dataset.cohort.classes))
-        if options.balance == "weights":
-            class_weights = torch.tensor(weights, dtype=torch.float32, device=device)
-        else:
-            labels = [dataset.cohort.cases[i].label for i in fit_indices]
-            generator = torch.Generator().manual_seed(options.seed)
-            sampler = WeightedRandomSampler(weights[labels], len(fit_indices), replacement=True, generator=generator)
-    loader = DataLoader(
-        Subset(dataset, fit_indices.tolist()),
-        batch_size=options.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=task == "survival" and len(fit_indices) > options.batch_size,
-        collate_fn=collate_bags,
-        num_workers=options.num_workers,
-        persistent_workers=options.num_workers > 0,
-        generator=torch.Generator().manual_seed(options.seed),
-    )
+    class_weights, sampler = _balancing(dataset, fit_indices, options, device)
+    loader = _fit_loader(dataset, fit_indices, options, sampler)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    best_state, best_loss, best_epoch, stale = None, math.inf, 0, 0
-    history = []
+    precision = TrainingPrecision(options.precision, device)
+    selection = ModelSelection("min", options.patience, min_delta=1e-6)
+
+    def loss_of(outputs: torch.Tensor, batch: list[dict]) -> torch.Tensor:
+        return _loss(outputs, batch, task, options.survival_loss, class_weights, edges)
+
+    best_state, history = None, []
     for epoch in range(1, options.epochs + 1):
-        model.train()
-        total, seen, waited, computed = 0.0, 0, 0.0, 0.0
-        start = time.perf_counter()
-        for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not options.progress, leave=False):
-            ready = time.perf_counter()
-            waited += ready - start
-            with _autocast(options.precision, device):
-                outputs = _forward(model, batch)
-            loss = _loss(outputs, batch, task, options.survival_loss, class_weights, edges)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if options.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
-            optimizer.step()
-            total += loss.item() * len(batch)
-            seen += len(batch)
-            start = time.perf_counter()
-            computed += start - ready
-        entry = {"epoch": epoch, "train_loss": total / max(seen, 1), "data_s": waited, "compute_s": computed}
+        entry = _train_epoch(model, loader, optimizer, precision, loss_of, options, epoch)
         if len(val_indices):
-            outputs = predict_outputs(model, dataset, val_indices, options.batch_size, options.num_workers)
-            batch = [
-                {"label": c.label, "time": c.time, "event": c.event} for c in dataset.cohort.subset(val_indices).cases
-            ]
-            val_loss = _loss(torch.as_tensor(outputs), batch, task, options.survival_loss, None, edges).item()
-            entry["val_loss"] = val_loss
-            if val_loss < best_loss - 1e-6:
-                best_state, best_loss, best_epoch, stale = copy.deepcopy(model.state_dict()), val_loss, epoch, 0
-            else:
-                stale += 1
+            entry["val_loss"] = _validation_loss(model, dataset, val_indices, options, edges)
+            if selection.update(epoch, entry["val_loss"]):
+                best_state = copy.deepcopy(model.state_dict())
         history.append(entry)
         logger.debug("epoch %d: %s", epoch, entry)
-        if len(val_indices) and options.patience and stale >= options.patience:
+        if len(val_indices) and selection.should_stop:
             logger.info(
-                "early stop after epoch %d (best validation loss %.4f at epoch %d)", epoch, best_loss, best_epoch
+                "early stop after epoch %d (best validation loss %.4f at epoch %d)",
+                epoch,
+                selection.best,
+                selection.best_epoch,
             )
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    else:
-        best_epoch = history[-1]["epoch"]
     model.eval()
-    return FitResult(model, best_epoch, best_loss if best_state is not None else None, history)
+    if best_state is None:
+        return FitResult(model, history[-1]["epoch"], None, history)
+    return FitResult(model, selection.best_epoch, selection.best, history)
 
 
 @torch.no_grad()  # not inference_mode: bags cached here are trained on later

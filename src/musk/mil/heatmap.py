@@ -1,4 +1,7 @@
-"""Per-patch attention of trained models: written to h5 beside the features and drawn on the slide thumbnail."""
+"""Per-patch attention of trained models: written to h5 beside the features and drawn on the slide thumbnail.
+
+:func:`draw_heatmaps` is ``musk mil heatmap``: every step from the model folder to the files written.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..files import atomic_path, check_file_target, safe_filename
+from ..runtime import resolve_device
 from ..wsi.h5 import read_patch_file, write_patch_file
-from ..wsi.overlay import heatmap_overlay
-from .data import finite_features
-from .saved import SavedMIL
+from ..wsi.overlay import add_colour_scale, heatmap_overlay
+from .features import read_feature_file
+from .saved import SavedMIL, load_mil_models
 
-__all__ = ["attention_map", "draw_attention", "patch_attention", "write_attention_file"]
+__all__ = ["attention_map", "draw_attention", "draw_heatmaps", "patch_attention", "write_attention_file"]
 
 
 @torch.no_grad()
@@ -29,10 +34,11 @@ def patch_attention(models: Sequence[SavedMIL], features: np.ndarray) -> np.ndar
         aggregator = saved.model.aggregator
         if aggregator is None:
             raise ValueError(f"{saved.path} is a text-only model: it has no attention over patches")
-        device = next(saved.model.parameters()).device
+        param = next(saved.model.parameters())
         was_training = saved.model.training
         saved.model.eval()
-        weights.append(aggregator(torch.as_tensor(features, dtype=torch.float32, device=device))[1].cpu().numpy())
+        x = torch.as_tensor(features, dtype=param.dtype, device=param.device)
+        weights.append(aggregator(x)[1].float().cpu().numpy())
         saved.model.train(was_training)
     return np.mean(weights, axis=0)
 
@@ -48,7 +54,8 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 def write_attention_file(
     path: str | os.PathLike, coords: np.ndarray, attention: np.ndarray, attrs: dict | None = None
 ) -> Path:
-    """An h5 patch file (DESIGN.md section 4) with ``coords``, ``attention`` (weights) and ``attention_rank``."""
+    """An h5 patch file (docs/architecture.md, "On-disk formats") with ``coords``, ``attention`` (weights) and
+    ``attention_rank``."""
     attention = np.asarray(attention, dtype=np.float32)
     return write_patch_file(path, coords, {"attention": attention, "attention_rank": _ranks(attention)}, attrs)
 
@@ -56,8 +63,8 @@ def write_attention_file(
 def attention_map(models: Sequence[SavedMIL], features_file: str | os.PathLike, output: str | os.PathLike) -> Path:
     """Attention of ``models`` over one feature file, saved as an attention h5 at ``output`` (the feature file's
     attributes carried over)."""
-    patch_file = read_patch_file(features_file, arrays=("features",))
-    features = finite_features(features_file, patch_file.features)
+    patch_file = read_feature_file(features_file)
+    features = patch_file.features
     for saved in models:
         trained = saved.config.get("feature_dim")
         if trained is not None and features.shape[1] != trained:
@@ -87,3 +94,67 @@ def draw_attention(
         alpha=alpha,
         value_range=(0, 1),
     )
+
+
+def _output_names(features: Sequence[Path]) -> list[str]:
+    """Each feature file's name for its outputs (its stem, made a safe file name); one name twice is refused."""
+    names: dict[str, Path] = {}
+    for path in features:
+        name = safe_filename(path.stem)
+        earlier = names.setdefault(name, path)
+        if earlier != path:
+            raise ValueError(
+                f"{earlier} and {path} share the name {name!r}, so their heatmaps would overwrite each other in one "
+                "--output_dir: run them separately with different output folders"
+            )
+    return list(names)
+
+
+def _draw_on_slide(attention_file: Path, slide_file: Path, output: Path, thumbnail_size: int) -> Path:
+    """The attention of ``attention_file`` drawn on the thumbnail of ``slide_file``, with its colour scale, saved
+    as a PNG at ``output``."""
+    from ..wsi.readers import open_slide
+
+    attention = read_patch_file(attention_file, arrays=("attention",))
+    size = int(attention.attrs.get("patch_size_level0", attention.attrs.get("patch_size", 0)))
+    if size <= 0:
+        raise ValueError(f"{attention_file} has no patch_size_level0 attribute: cannot place its patches")
+    with open_slide(slide_file) as slide:
+        thumbnail, dimensions = slide.thumbnail(thumbnail_size), slide.dimensions
+    image = draw_attention(thumbnail, attention.coords, attention.arrays["attention"], size, dimensions)
+    image = add_colour_scale(image, (0.0, 1.0), label="attention rank")
+    with atomic_path(output) as tmp:
+        image.save(tmp, format="PNG")
+    return output
+
+
+def draw_heatmaps(
+    model_dir: str | os.PathLike,
+    features: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    slides: Sequence[str | os.PathLike] | None = None,
+    thumbnail_size: int = 2048,
+    device: str | torch.device | None = "auto",
+    precision: str = "fp32",
+) -> list[Path]:
+    """Attention of the model(s) in ``model_dir`` over each feature file: ``<name>_attention.h5`` in
+    ``output_dir`` and, with ``slides`` (one per feature file, in the same order), ``<name>_attention.png`` drawn
+    on the slide's thumbnail (longest side ``thumbnail_size``). Returns the files written. Everything that can be
+    checked (counts, names, the output folder) is checked before the models load."""
+    features = [Path(f) for f in features]
+    slides = [Path(s) for s in slides or ()]
+    if slides and len(slides) != len(features):
+        raise ValueError(f"{len(slides)} slides for {len(features)} feature files: give one slide per file")
+    names = _output_names(features)
+    output_dir = Path(output_dir)
+    check_file_target(output_dir / f"{names[0]}_attention.h5", "--output_dir")
+    models = load_mil_models(model_dir, resolve_device(device), precision)
+    written = []
+    for i, (name, features_file) in enumerate(zip(names, features, strict=True)):
+        attention_file = attention_map(models, features_file, output_dir / f"{name}_attention.h5")
+        written.append(attention_file)
+        if slides:
+            written.append(
+                _draw_on_slide(attention_file, slides[i], output_dir / f"{name}_attention.png", thumbnail_size)
+            )
+    return written

@@ -10,27 +10,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models import DEFAULT_MODEL
+from ..messages import listing
+from ..models import DEFAULT_MODEL, PUBLISHED
+from ..models.weights import weights_option
 from .data import BagDataset, bag_feature_dim
 from .manifest import Cohort, ManifestError, load_manifest, read_reports_dir
 from .models import FUSIONS
 from .reports import embed_reports, load_report_embeddings
 
-__all__ = ["MILInputs", "TextEncoderSpec", "load_inputs"]
+__all__ = ["MILInputs", "TextEncoderSpec", "load_inputs", "text_weights_option"]
 
 logger = logging.getLogger(__name__)
 
 
+def text_weights_option(value: str | None) -> str | None:
+    """A ``--text_weights`` value as :func:`musk.load` takes it (``none`` -> None: random weights); see
+    :func:`musk.models.weights.weights_option`."""
+    try:
+        return weights_option(value)
+    except ValueError as e:
+        raise ValueError(str(e).replace("--weights", "--text_weights")) from None
+
+
 @dataclass
 class TextEncoderSpec:
-    """The MUSK text encoder that embeds reports (``weights`` None = random: tests only)."""
+    """The MUSK text encoder that embeds reports: ``weights`` as :func:`musk.load` takes them (``published``,
+    a hub id or a local file; ``none`` or None = random, seeded the same every time: tests only)."""
 
     model: str = DEFAULT_MODEL
-    weights: str | None = "hf_hub:xiangjx/musk"
+    weights: str | None = PUBLISHED
     tokenizer: str | None = None
     cache_dir: str | None = None
     max_tokens: int = 100
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.weights = text_weights_option(self.weights)
 
 
 @dataclass
@@ -42,23 +57,22 @@ class MILInputs:
 
 
 def _report_embeddings(cohort: Cohort, encoder: TextEncoderSpec) -> np.ndarray:
-    from ..models import create_model
-    from ..tokenizer import get_tokenizer
+    from ..loaded import load
 
     absent = [c.case_id for c in cohort.cases if not c.report]
     if absent:
         raise ManifestError(
-            f"{cohort.source}: {len(absent)} case(s) have no report text: {', '.join(absent[:20])}; add a 'report' "
+            f"{cohort.source}: {len(absent)} case(s) have no report text: {listing(absent, 20)}; add a 'report' "
             "column, pass --reports DIR with <case_id>.txt files, or train without fusion (--fusion none)"
         )
-    tokenizer = get_tokenizer(encoder.tokenizer, cache_dir=encoder.cache_dir)
-    with torch.random.fork_rng(devices=[]):
-        if encoder.weights is None:  # the same random encoder every time, so predictions match training
-            logger.warning("embedding reports with a randomly initialised text encoder (no weights given)")
-            torch.manual_seed(0)
-        model = create_model(encoder.model, encoder.weights, device=encoder.device, cache_dir=encoder.cache_dir)
+    if encoder.weights is None:
+        logger.warning("embedding reports with a randomly initialised text encoder (no weights given)")
+    with torch.random.fork_rng(devices=[]):  # random weights: the same every time, so predictions match training
+        text_model = load(
+            encoder.model, encoder.weights, encoder.device, tokenizer=encoder.tokenizer, cache_dir=encoder.cache_dir
+        )
     logger.info("embedding %d reports with %s", len(cohort), encoder.model)
-    return embed_reports([c.report for c in cohort.cases], model, tokenizer, encoder.max_tokens)
+    return embed_reports([c.report for c in cohort.cases], text_model.model, text_model.tokenizer, encoder.max_tokens)
 
 
 def load_inputs(

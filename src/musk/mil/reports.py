@@ -6,6 +6,7 @@ Embeddings can also be computed once and passed around as an ``.npz`` with ``cas
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_path
+from ..messages import listing
 from ..models import MUSK
 from ..tokenizer import MuskTokenizer
 
@@ -70,15 +72,32 @@ def save_report_embeddings(path: str | os.PathLike, case_ids: Sequence[str], emb
 
 
 def load_report_embeddings(path: str | os.PathLike, case_ids: Sequence[str]) -> np.ndarray:
-    """Rows of a saved ``.npz`` in the order of ``case_ids``; every case must be there."""
+    """Rows of a saved ``.npz`` in the order of ``case_ids``; every case must be there. Files that hold Python
+    objects (pickles) are refused unread."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"report embeddings not found: {path}")
-    with np.load(path) as data:
+    fix = "write it with musk.mil.save_report_embeddings (string case_ids, a float (cases, width) embeddings array)"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({e}); {fix}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not arrays 'case_ids' and 'embeddings'; {fix}")
+    with data:
         if "case_ids" not in data or "embeddings" not in data:
             raise ValueError(f"{path} needs arrays 'case_ids' and 'embeddings' (it has: {', '.join(data.files)})")
-        row = {str(c): i for i, c in enumerate(data["case_ids"])}
-        missing = [c for c in case_ids if c not in row]
-        if missing:
-            raise ValueError(f"{path} has no embedding for {len(missing)} case(s): {', '.join(missing[:20])}")
-        return data["embeddings"][[row[c] for c in case_ids]].astype(np.float32)
+        try:
+            ids, embeddings = data["case_ids"], data["embeddings"]
+        except ValueError as e:  # an object array: unpickling it could run code
+            raise ValueError(f"{path} holds Python objects ({e}); {fix}") from None
+    if embeddings.ndim != 2 or embeddings.dtype.kind not in "fiu" or ids.shape != (len(embeddings),):
+        raise ValueError(
+            f"{path}: embeddings {embeddings.dtype} {embeddings.shape} and case_ids {ids.shape} are not one row of "
+            f"real numbers per case id; {fix}"
+        )
+    row = {str(c): i for i, c in enumerate(ids)}
+    missing = [c for c in case_ids if c not in row]
+    if missing:
+        raise ValueError(f"{path} has no embedding for {len(missing)} case(s): {listing(missing, 20)}")
+    return embeddings[[row[c] for c in case_ids]].astype(np.float32)

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..files import atomic_dir, write_safetensors
+from ..runtime import inference_dtype
 from .data import BagDataset
 from .fit import outputs_to_predictions, predict_outputs
 from .models import MILModel
@@ -82,7 +83,7 @@ def _damaged(directory: Path, why: str) -> ValueError:
     )
 
 
-def _load_one(directory: Path, device: torch.device | str) -> SavedMIL:
+def _load_one(directory: Path, device: torch.device | str, dtype: torch.dtype) -> SavedMIL:
     try:
         config = json.loads((directory / CONFIG_FILENAME).read_text())
     except (OSError, ValueError) as e:
@@ -109,7 +110,7 @@ def _load_one(directory: Path, device: torch.device | str) -> SavedMIL:
         model.load_state_dict(state)
     except RuntimeError as e:  # tensors of the wrong shape
         raise _damaged(directory, f"{WEIGHTS_FILENAME} does not fit its {CONFIG_FILENAME} ({e})") from e
-    return SavedMIL(model.to(device).eval(), config, directory)
+    return SavedMIL(model.to(device, dtype).eval(), config, directory)
 
 
 def fold_index(path: Path) -> int | None:
@@ -140,16 +141,20 @@ def _check_one_run(models: list[SavedMIL]) -> None:
         )
 
 
-def load_mil_models(directory: str | os.PathLike, device: torch.device | str = "cpu") -> list[SavedMIL]:
-    """The model in ``directory``, or the fold models of a training output folder (``fold_<k>/``).
+def load_mil_models(
+    directory: str | os.PathLike, device: torch.device | str = "cpu", precision: str = "fp32"
+) -> list[SavedMIL]:
+    """The model in ``directory``, or the fold models of a training output folder (``fold_<k>/``), on ``device``
+    with their weights cast to ``precision`` (the inference rule: :mod:`musk.runtime`).
 
     Fold models that disagree (another run's folds: task, classes, widths, run key) are refused.
     """
+    dtype = inference_dtype(precision)
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise FileNotFoundError(f"MIL model folder not found: {directory}")
     if (directory / WEIGHTS_FILENAME).is_file() and (directory / CONFIG_FILENAME).is_file():
-        return [_load_one(directory, device)]
+        return [_load_one(directory, device, dtype)]
     folds = sorted(
         (
             p
@@ -163,6 +168,6 @@ def load_mil_models(directory: str | os.PathLike, device: torch.device | str = "
             f"{directory} holds no MIL model ({WEIGHTS_FILENAME} + {CONFIG_FILENAME}, or fold_<k>/ folders with "
             "them); point to a folder written by `musk mil train` or one of its fold_<k> folders"
         )
-    models = [_load_one(p, device) for p in folds]
+    models = [_load_one(p, device, dtype) for p in folds]
     _check_one_run(models)
     return models

@@ -8,54 +8,51 @@ Output folder::
     fold_<k>/           model.safetensors, config.json, history.json, metrics.json, predictions.json
     report_embeddings.npz   when reports are fused: the case vectors used
     provenance.json     resolved configuration, versions, fold summaries, log-rank p
+    .musk-mil-run.json  what runs of ours wrote here (:mod:`musk.mil.run_folder`)
 
-A fold whose folder is complete and was trained with the same configuration on the same cohort (case and slide
-ids, targets, report vectors: :meth:`MILTrainConfig.run_key`) is reused when the run is started again, so an
-interrupted run resumes at the fold it was in; a changed cohort or configuration trains every fold again.
+Only entries a run of ours recorded are ever replaced or removed: a folder holding other outputs is refused
+unless ``overwrite`` is set. A fold whose folder is complete and was trained with the same configuration on the
+same cohort (case and slide ids, targets, report vectors: :meth:`MILTrainConfig.run_key`) is reused when the run
+is started again, so an interrupted run resumes at the fold it was in; a changed cohort or configuration trains
+every fold again.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import os
-import shutil
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..files import atomic_path, write_json
-from ..models import DEFAULT_MODEL
+from ..files import write_json
+from ..models import DEFAULT_MODEL, PUBLISHED
 from ..provenance import provenance
-from ..runtime import resolve_device
+from ..runtime import PRECISIONS, resolve_device
+from ..settings import build, convert, load_yaml, pick
 from .fit import BALANCING, FitOptions, fit_model, outputs_to_predictions, predict_outputs
-from .inputs import MILInputs, TextEncoderSpec, load_inputs
+from .inputs import MILInputs, TextEncoderSpec, load_inputs, text_weights_option
 from .km import median_split, plot_kaplan_meier
 from .losses import SURVIVAL_LOSSES, event_time_bins
 from .manifest import TASKS, Cohort
 from .metrics import CLASSIFICATION_METRICS, SURVIVAL_METRICS, classification_metrics, summarize, survival_metrics
 from .models import AGGREGATORS, FUSIONS, MILModel
 from .reports import save_report_embeddings
-from .saved import fold_index, load_mil_models, save_mil_model
+from .results import prediction_rows, write_predictions_csv
+from .run_folder import RunFolder
+from .saved import load_mil_models, save_mil_model
 from .splits import case_folds, validation_split
 
-__all__ = ["MILTrainConfig", "MILTrainResult", "prediction_rows", "train_mil", "write_predictions_csv"]
+__all__ = ["MILTrainConfig", "MILTrainResult", "train_config", "train_mil"]
 
 logger = logging.getLogger(__name__)
 
-#: The field types a config may declare: the Python type and how an error names it.
-_TYPES = {
-    "int": (int, "an integer"),
-    "float": (float, "a number"),
-    "str": (str, "a string"),
-    "bool": (bool, "true or false"),
-    "list[str]": (list, "a list of names"),
-}
-_RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags")
+_RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags", "overwrite")
 
 
 @dataclass
@@ -66,7 +63,10 @@ class MILTrainConfig:
     Reports: a manifest ``report`` column or ``reports`` (folder of ``<case_id>.txt``), embedded with the MUSK
     text encoder ``text_model`` / ``text_weights``; or precomputed ``report_embeddings`` (.npz).
     ``survival_loss``: ``nll`` (discrete time over ``n_bins`` bins at event-time quantiles) or ``cox``.
-    ``val_fraction`` of each fold's training cases is held out for early stopping.
+    ``val_fraction`` of each fold's training cases is held out for early stopping. ``overwrite``: let the run
+    replace its own outputs in an ``output_dir`` it would otherwise refuse (:mod:`musk.mil.run_folder`).
+    Values are converted and checked by the one converter of :mod:`musk.settings`; build one from YAML and/or
+    the command line with :func:`train_config`.
     """
 
     manifest: str | None = None
@@ -78,7 +78,7 @@ class MILTrainConfig:
     reports: str | None = None
     report_embeddings: str | None = None
     text_model: str = DEFAULT_MODEL
-    text_weights: str | None = "hf_hub:xiangjx/musk"
+    text_weights: str | None = PUBLISHED
     tokenizer: str | None = None
     cache_dir: str | None = None
     classes: list[str] | None = None
@@ -100,16 +100,22 @@ class MILTrainConfig:
     num_workers: int = 0
     seed: int = 0
     progress: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
-        self._check_types()
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # paths may be os.PathLike; values of other types are converted or refused
+            value = getattr(self, f.name)
+            value = os.fspath(value) if isinstance(value, os.PathLike) else value
+            setattr(self, f.name, convert(value, hints[f.name], f"MILTrainConfig: {f.name}"))
+        self.text_weights = text_weights_option(self.text_weights)
         for name, allowed in (
             ("task", TASKS),
             ("model", AGGREGATORS),
             ("fusion", FUSIONS),
             ("survival_loss", SURVIVAL_LOSSES),
             ("balance", BALANCING),
-            ("precision", ("fp32", "bf16", "fp16")),
+            ("precision", PRECISIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -118,27 +124,6 @@ class MILTrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-
-    def _check_types(self) -> None:
-        """Values of the declared types (a YAML ``folds: "5"`` is a string); paths may be ``os.PathLike``."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.type.endswith("| None"):
-                continue
-            kind = f.type.removesuffix(" | None")
-            if kind == "str" and isinstance(value, os.PathLike):
-                value = os.fspath(value)
-            elif kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            elif kind == "list[str]" and isinstance(value, (list, tuple)):
-                value = [str(v) for v in value]
-            expected, described = _TYPES[kind]
-            if not isinstance(value, expected) or (kind == "int" and isinstance(value, bool)):
-                raise ValueError(
-                    f"{f.name} must be {described}, got {value!r} "
-                    f"({type(value).__name__}); in a YAML config write e.g. 'folds: 5' (no quotes around numbers)"
-                )
-            setattr(self, f.name, value)
 
     def run_key(self, cohort: Cohort, text: np.ndarray | None = None) -> str:
         """Hash of the settings that change the models (not where or how fast they run) and of what they are
@@ -163,32 +148,12 @@ class MILTrainResult:
     history: list[list[dict]] = field(default_factory=list)
 
 
-def prediction_rows(cohort: Cohort, indices, predictions: np.ndarray, fold: int | None) -> list[dict]:
-    """One dict per case: ids, the true target and the prediction (class probabilities or risk)."""
-    rows = []
-    for i, pred in zip(indices, predictions, strict=True):
-        case = cohort.cases[int(i)]
-        row = {"case_id": case.case_id, "slide_ids": ";".join(case.slide_ids)}
-        if fold is not None:
-            row["fold"] = fold
-        if cohort.task == "classification":
-            row["label"] = cohort.classes[case.label] if case.label is not None else ""
-            row["predicted"] = cohort.classes[int(np.argmax(pred))]
-            row.update({f"prob_{name}": float(p) for name, p in zip(cohort.classes, pred, strict=True)})
-        else:
-            row.update({"time": case.time, "event": case.event, "risk": float(pred)})
-        rows.append(row)
-    return rows
-
-
-def write_predictions_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
-    path = Path(path)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+def train_config(config_file: str | os.PathLike | None = None, **values) -> MILTrainConfig:
+    """The settings of a YAML file (keys = the field names, as ``musk mil train --config`` reads it) with
+    ``values`` (e.g. the command line's) overriding them; an unknown key or a value of the wrong type is an error
+    naming the key and the file (:func:`musk.settings.build`)."""
+    settings = load_yaml(config_file) if config_file is not None else {}
+    return build(MILTrainConfig, {**settings, **values}, str(config_file) if config_file is not None else "settings")
 
 
 def _fold_metrics(cohort: Cohort, test, train, predictions: np.ndarray) -> dict:
@@ -248,23 +213,9 @@ def _reuse_fold(fold_dir: Path, run_key: str, test_ids: list[str]) -> dict | Non
         return None
 
 
-def _remove_other_folds(output_dir: Path, folds: int) -> None:
-    """Delete ``fold_<k>`` folders of an earlier run with more folds, so they are never taken for this run's."""
-    for path in sorted(output_dir.glob("fold_*")):
-        index = fold_index(path)
-        if path.is_dir() and index is not None and index >= folds:
-            logger.warning("removing %s: left by an earlier run with more folds", path)
-            shutil.rmtree(path)
-
-
-def train_mil(config: MILTrainConfig) -> MILTrainResult:
-    """Cross-validate ``config`` on its manifest; writes the output folder described in this module."""
-    if config.manifest is None:
-        raise ValueError("no manifest given")
-    output_dir = Path(config.output_dir)
-    device = resolve_device(config.device)
+def _load_run_inputs(config: MILTrainConfig, device: torch.device) -> MILInputs:
     encoder = TextEncoderSpec(config.text_model, config.text_weights, config.tokenizer, config.cache_dir, 100, device)
-    inputs = load_inputs(
+    return load_inputs(
         config.manifest,
         config.task,
         config.features_dir,
@@ -275,73 +226,57 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
         config.classes,
         config.cache_bags and config.num_workers == 0,  # loader workers would each keep their own copy
     )
-    cohort, dataset = inputs.cohort, inputs.dataset
-    folds = case_folds(cohort, config.folds, config.seed)
-    logger.info("%d cases, %d slides, task %s", len(cohort), sum(len(c.slide_ids) for c in cohort.cases), cohort.task)
-    if dataset.text is not None:
-        save_report_embeddings(output_dir / "report_embeddings.npz", cohort.case_ids, dataset.text.numpy())
-    options = FitOptions(
-        epochs=config.epochs,
-        patience=config.patience,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        balance=config.balance,
-        survival_loss=config.survival_loss,
-        num_workers=config.num_workers,
-        precision=config.precision,
-        progress=config.progress,
-    )
-    run_key = config.run_key(cohort, None if dataset.text is None else dataset.text.numpy())
-    _remove_other_folds(output_dir, config.folds)
-    names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
-    per_fold, rows, histories = [], [], []
-    for k, (train, test) in enumerate(folds):
-        fold_dir = output_dir / f"fold_{k}"
-        reused = _reuse_fold(fold_dir, run_key, cohort.subset(test).case_ids)
-        if reused is not None:
-            logger.info("fold %d: reusing the finished fold in %s", k, fold_dir)
-            per_fold.append(reused["metrics"])
-            rows.extend(reused["rows"])
-            histories.append(reused["history"])
-            continue
-        fit, val = validation_split(cohort, train, config.val_fraction, config.seed + k)
-        np.random.seed(config.seed + k)
-        torch.manual_seed(config.seed + k)
-        options.seed = config.seed + k
-        bin_edges = None
-        if cohort.task == "classification":
-            out_dim = len(cohort.classes)
-        elif config.survival_loss == "cox":
-            out_dim = 1
-        else:
-            fit_cases = cohort.subset(fit).cases
-            bin_edges = event_time_bins([c.time for c in fit_cases], [c.event for c in fit_cases], config.n_bins)
-            out_dim = len(bin_edges) + 1
-        model = MILModel(
-            out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout
-        )
-        result = fit_model(model.to(device), dataset, fit, val, options, bin_edges)
-        outputs = predict_outputs(result.model, dataset, test, config.batch_size, config.num_workers)
-        predictions = outputs_to_predictions(outputs, cohort.task, config.survival_loss)
-        metrics = _fold_metrics(cohort, test, train, predictions)
-        fold_rows = prediction_rows(cohort, test, predictions, k)
-        logger.info("fold %d: %s (best epoch %d)", k, {n: round(metrics[n], 4) for n in names}, result.best_epoch)
-        extra = {
-            "history.json": result.history,
-            "metrics.json": metrics,
-            "predictions.json": fold_rows,
-            "split.json": {
-                name: cohort.subset(idx).case_ids for name, idx in (("fit", fit), ("val", val), ("test", test))
-            },
-        }
-        save_mil_model(result.model, fold_dir, _model_config(config, inputs, out_dim, bin_edges, k, run_key), extra)
-        per_fold.append(metrics)
-        rows.extend(fold_rows)
-        histories.append(result.history)
 
+
+def _head(config: MILTrainConfig, cohort: Cohort, fit: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """The head's output size and, for the discrete-time loss, the time bins' edges (from the fit cases)."""
+    if cohort.task == "classification":
+        return len(cohort.classes), None
+    if config.survival_loss == "cox":
+        return 1, None
+    fit_cases = cohort.subset(fit).cases
+    bin_edges = event_time_bins([c.time for c in fit_cases], [c.event for c in fit_cases], config.n_bins)
+    return len(bin_edges) + 1, bin_edges
+
+
+def _train_fold(
+    config: MILTrainConfig, inputs: MILInputs, device: torch.device, k: int, train, test, run_key: str
+) -> tuple[dict, MILModel, dict, dict]:
+    """Fold ``k``: fit on part of ``train`` (early stopping on the rest), predict ``test``. Returns the fold's
+    results (``metrics``, ``rows``, ``history``), its model, the model's config and the files saved beside it."""
+    cohort, dataset = inputs.cohort, inputs.dataset
+    fit, val = validation_split(cohort, train, config.val_fraction, config.seed + k)
+    np.random.seed(config.seed + k)
+    torch.manual_seed(config.seed + k)
+    out_dim, bin_edges = _head(config, cohort, fit)
+    model = MILModel(
+        out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout
+    )
+    options = pick(FitOptions, config, seed=config.seed + k)
+    result = fit_model(model.to(device), dataset, fit, val, options, bin_edges)
+    outputs = predict_outputs(result.model, dataset, test, config.batch_size, config.num_workers)
+    predictions = outputs_to_predictions(outputs, cohort.task, config.survival_loss)
+    metrics = _fold_metrics(cohort, test, train, predictions)
+    fold_rows = prediction_rows(cohort, test, predictions, k)
+    names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
+    logger.info("fold %d: %s (best epoch %d)", k, {n: round(metrics[n], 4) for n in names}, result.best_epoch)
+    extra = {
+        "history.json": result.history,
+        "metrics.json": metrics,
+        "predictions.json": fold_rows,
+        "split.json": {name: cohort.subset(idx).case_ids for name, idx in (("fit", fit), ("val", val), ("test", test))},
+    }
+    fold = {"metrics": metrics, "rows": fold_rows, "history": result.history}
+    return fold, result.model, _model_config(config, inputs, out_dim, bin_edges, k, run_key), extra
+
+
+def _pooled_results(config: MILTrainConfig, cohort: Cohort, folds: list[dict], folder: RunFolder) -> MILTrainResult:
+    """The folds' predictions in manifest order (with risk groups and Kaplan-Meier curves for survival), their
+    metrics summarised, and the provenance record, written into the run folder."""
+    rows = [row for fold in folds for row in fold["rows"]]
     order = {c: i for i, c in enumerate(cohort.case_ids)}
     rows.sort(key=lambda r: order[r["case_id"]])
+    folder.will_write("km.png", "predictions.csv", "results.json", "provenance.json")
     logrank = None
     if cohort.task == "survival":
         high = median_split([r["risk"] for r in rows], [r["fold"] for r in rows])
@@ -349,12 +284,46 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
             row["risk_group"] = "high" if h else "low"
         times, events = [r["time"] for r in rows], [r["event"] for r in rows]
         logrank = plot_kaplan_meier(
-            output_dir / "km.png", times, events, high, title=f"{config.model}, {config.fusion}"
+            folder.path / "km.png", times, events, high, title=f"{config.model}, {config.fusion}"
         )
-    predictions_path = write_predictions_csv(output_dir / "predictions.csv", rows)
+    predictions_path = write_predictions_csv(folder.path / "predictions.csv", rows)
+    names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
+    per_fold = [fold["metrics"] for fold in folds]
     results = summarize(per_fold, names)
-    write_json(output_dir / "results.json", results)
+    write_json(folder.path / "results.json", results)
     record = provenance({k: v for k, v in asdict(config).items() if k != "progress"})
     record.update({"n_cases": len(cohort), "classes": cohort.classes, "logrank_p": logrank, "results": results})
-    write_json(output_dir / "provenance.json", record)
-    return MILTrainResult(output_dir, results, per_fold, predictions_path, logrank, histories)
+    write_json(folder.path / "provenance.json", record)
+    histories = [fold["history"] for fold in folds]
+    return MILTrainResult(folder.path, results, per_fold, predictions_path, logrank, histories)
+
+
+def train_mil(config: MILTrainConfig) -> MILTrainResult:
+    """Cross-validate ``config`` on its manifest; writes the output folder described in this module."""
+    if config.manifest is None:
+        raise ValueError("no manifest given")
+    folder = RunFolder(config.output_dir)
+    folder.check(config.overwrite)
+    device = resolve_device(config.device)
+    inputs = _load_run_inputs(config, device)
+    cohort, dataset = inputs.cohort, inputs.dataset
+    splits = case_folds(cohort, config.folds, config.seed)
+    logger.info("%d cases, %d slides, task %s", len(cohort), sum(len(c.slide_ids) for c in cohort.cases), cohort.task)
+    text = None if dataset.text is None else dataset.text.numpy()
+    if text is not None:
+        folder.will_write("report_embeddings.npz")
+        save_report_embeddings(folder.path / "report_embeddings.npz", cohort.case_ids, text)
+    run_key = config.run_key(cohort, text)
+    folder.remove_folds_from(config.folds)
+    folds = []
+    for k, (train, test) in enumerate(splits):
+        fold_dir = folder.path / f"fold_{k}"
+        fold = _reuse_fold(fold_dir, run_key, cohort.subset(test).case_ids)
+        if fold is not None:
+            logger.info("fold %d: reusing the finished fold in %s", k, fold_dir)
+        else:
+            fold, model, model_config, extra = _train_fold(config, inputs, device, k, train, test, run_key)
+            folder.will_write(fold_dir.name)
+            save_mil_model(model, fold_dir, model_config, extra)
+        folds.append(fold)
+    return _pooled_results(config, cohort, folds, folder)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..messages import listing
 from .embeddings import POSITION_OFFSET
 from .weights import resolve_weights
 
@@ -47,7 +48,7 @@ def read_state_dict(path: str | os.PathLike, model_key: str = "model|module") ->
     state = {k.removeprefix("module."): v for k, v in state.items()}
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointMismatchError(f"checkpoint {path} has non-tensor entries: {_listing(bad)}")
+        raise CheckpointMismatchError(f"checkpoint {path} has non-tensor entries: {listing(bad, sort=True)}")
     return state
 
 
@@ -65,12 +66,6 @@ def interpolate_vision_positions(table: torch.Tensor, num_patches: int) -> torch
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(table.dtype)
     return torch.cat([table[:extra], grid], dim=0)
-
-
-def _listing(keys, limit: int = 12) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
 
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,11 +87,11 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dic
     if missing or unexpected or shapes:
         parts = [f"checkpoint does not fit {type(model).__name__} ({len(state)} keys, model has {len(expected)})"]
         if missing:
-            parts.append(f"missing {len(missing)}: {_listing(missing)}")
+            parts.append(f"missing {len(missing)}: {listing(missing, sort=True)}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {_listing(unexpected)}")
+            parts.append(f"unexpected {len(unexpected)}: {listing(unexpected, sort=True)}")
         if shapes:
-            parts.append(f"mis-shaped {len(shapes)}: {_listing(shapes)}")
+            parts.append(f"mis-shaped {len(shapes)}: {listing(shapes, sort=True)}")
         raise CheckpointMismatchError("; ".join(parts))
     return state
 

@@ -1,6 +1,7 @@
 """The patches of one slide as a torch Dataset: DataLoader workers read and resize them, the device normalises.
 
-Each worker process opens the slide itself (slide handles are not shared across processes). A worker returns
+Each worker process opens the slide itself (OpenSlide handles are not shared across processes), except a plain
+image given as an open reader: its pixels, decoded once, are shared with the workers. A worker returns
 8-bit pixels, already resized and cropped exactly as ``musk.get_transform`` would; ``PatchPreprocessing.normalise``
 turns a batch of them into the model's input on the model's device. Together they give ``get_transform``'s
 result bit for bit, while moving a quarter of the bytes between processes (uint8 instead of float32).
@@ -58,16 +59,22 @@ class PatchPreprocessing:
 
 
 class SlidePatchDataset(Dataset):
-    """Item ``i``: the patch at ``grid.coords[i]``, resized for the model, as (C, H, W) uint8 pixels."""
+    """Item ``i``: the patch at ``grid.coords[i]``, resized for the model, as (C, H, W) uint8 pixels.
+
+    ``slide``: a slide file, or an open :class:`~musk.wsi.readers.SlideReader` (the caller closes it), used in this
+    process and, when it allows (``shared_with_workers``: a decoded plain image), in the workers too.
+    """
 
     def __init__(
         self,
-        slide: str | os.PathLike,
+        slide: str | os.PathLike | SlideReader,
         grid: PatchGrid,
         preprocessing: PatchPreprocessing,
         mpp: float | None = None,
     ):
-        self.slide = Path(slide)
+        self._given = slide if isinstance(slide, SlideReader) else None
+        self._given_pid = os.getpid()
+        self.slide = self._given.path if self._given is not None else Path(slide)
         self.grid = grid
         self.preprocessing = preprocessing
         self.mpp = mpp
@@ -77,13 +84,22 @@ class SlidePatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.grid.coords)
 
+    def _reader_here(self) -> SlideReader:
+        """The reader of this process: the one given when it may be used here, else one opened for it."""
+        if self._reader is None or self._reader_pid != os.getpid():
+            given = self._given
+            if given is not None and (given.shared_with_workers or self._given_pid == os.getpid()):
+                self._reader = given
+            else:
+                self._reader = open_slide(self.slide, self.mpp)
+            self._reader_pid = os.getpid()
+        return self._reader
+
     def read_patch(self, index: int) -> Image.Image:
         """The RGB patch ``index`` at ``patch_size``, before normalisation."""
-        if self._reader is None or self._reader_pid != os.getpid():
-            self._reader, self._reader_pid = open_slide(self.slide, self.mpp), os.getpid()
         x, y = self.grid.coords[index]
         side = self.grid.read_size
-        patch = self._reader.read_region((int(x), int(y)), self.grid.level, (side, side))
+        patch = self._reader_here().read_region((int(x), int(y)), self.grid.level, (side, side))
         if side != self.grid.patch_size:
             patch = patch.resize((self.grid.patch_size,) * 2, Image.Resampling.BICUBIC, reducing_gap=None)
         return patch
@@ -94,9 +110,12 @@ class SlidePatchDataset(Dataset):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_reader"] = state["_reader_pid"] = None  # each worker opens its own
+        if self._given is not None and not self._given.shared_with_workers:
+            state["_given"] = None  # an OpenSlide handle does not cross processes
         return state
 
     def close(self) -> None:
-        if self._reader is not None:
+        """Close the reader this dataset opened (not one it was given)."""
+        if self._reader is not None and self._reader is not self._given:
             self._reader.close()
-            self._reader = None
+        self._reader = None

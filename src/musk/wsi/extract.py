@@ -20,6 +20,7 @@ from ..models import MUSK
 from ..streams import run_in_streams
 from .dataset import PatchPreprocessing, SlidePatchDataset
 from .patching import PatchGrid
+from .readers import SlideReader, open_slide
 
 __all__ = ["FEATURE_KINDS", "encode_patches", "extract_slide_features", "feature_width", "projected"]
 
@@ -63,7 +64,7 @@ def projected(model: MUSK, features: np.ndarray, kind: str) -> torch.Tensor:
 @torch.inference_mode()
 def extract_slide_features(
     model: MUSK,
-    slide: str | os.PathLike,
+    slide: str | os.PathLike | SlideReader,
     grid: PatchGrid,
     kind: str = "cls",
     batch_size: int = 32,
@@ -72,15 +73,21 @@ def extract_slide_features(
     progress: bool = False,
     streams: int | None = None,
 ) -> np.ndarray:
-    """(N, D) float32 features of the patches of ``grid``; ``mpp`` overrides the slide's metadata.
+    """(N, D) float32 features of the patches of ``grid``.
 
-    Each batch runs as ``streams`` concurrent calls (default: one per CPU thread on CPU, see :mod:`musk.streams`).
+    ``slide``: a slide file (``mpp`` overriding its metadata) or an open reader. It is opened once, here, and
+    the ``num_workers`` loader processes share it where they can: a plain image's decoded pixels are mapped by
+    every worker, not decoded again in each. The progress bar counts patches. Each batch runs as ``streams``
+    concurrent calls (default: one per CPU thread on CPU, see :mod:`musk.streams`).
     """
     width = feature_width(model, kind)
-    preprocessing = PatchPreprocessing(model)
-    dataset = SlidePatchDataset(slide, grid, preprocessing, mpp)
-    if len(dataset) == 0:
+    if len(grid.coords) == 0:
         return np.zeros((0, width), dtype=np.float32)
+    if not isinstance(slide, SlideReader):
+        with open_slide(slide, mpp) as reader:
+            return extract_slide_features(model, reader, grid, kind, batch_size, num_workers, None, progress, streams)
+    preprocessing = PatchPreprocessing(model)
+    dataset = SlidePatchDataset(slide, grid, preprocessing)
     param = next(model.parameters())
     loader = DataLoader(
         dataset,
@@ -91,12 +98,16 @@ def extract_slide_features(
     )
     out = np.empty((len(dataset), width), dtype=np.float32)
     done = 0
+    bar = tqdm(total=len(dataset), desc=f"features {dataset.slide.name}", unit="patch", disable=not progress)
     try:
-        for pixels in tqdm(loader, desc=f"features {dataset.slide.name}", unit="batch", disable=not progress):
+        for pixels in loader:
+            # the inference precision rule (musk.runtime): the inputs are cast to the weights' dtype
             images = preprocessing.normalise(pixels.to(param.device, non_blocking=True)).to(param.dtype)
             feats = run_in_streams(lambda part: encode_patches(model, part, kind), images, streams)
             out[done : done + len(feats)] = feats.float().cpu().numpy()
             done += len(feats)
+            bar.update(len(feats))
     finally:
+        bar.close()
         dataset.close()
     return out

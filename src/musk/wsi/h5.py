@@ -120,6 +120,39 @@ def read_patch_file(path: str | os.PathLike, arrays: tuple[str, ...] | None = No
         return PatchFile(f["coords"][()], {k: f[k][()] for k in wanted}, attrs)
 
 
+def patch_file_problem(path: str | os.PathLike, arrays: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with the h5 file at ``path`` as a patch file holding ``coords`` and ``arrays`` (None: nothing),
+    from its header alone: every dataset is there, with one row per coordinate, and its data lies inside the
+    file. Cheap (no data is read): a job checks its finished outputs this way before it trusts them."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            size = path.stat().st_size
+            for name in ("coords", *arrays):
+                problem = _dataset_problem(f.get(name), name, size, h5py)
+                if problem is not None:
+                    return problem
+            if f["coords"].shape[1:] != (2,) or any(f[name].shape[:1] != f["coords"].shape[:1] for name in arrays):
+                return "the datasets' rows do not match the coordinates"
+    except (OSError, ValueError, KeyError) as e:
+        return f"not a readable h5 file ({e})"
+    return None
+
+
+def _dataset_problem(dataset, name: str, file_size: int, h5py) -> str | None:
+    if not isinstance(dataset, h5py.Dataset) or dataset.ndim < 1:
+        return f"no {name!r} dataset"
+    if dataset.chunks is not None:  # chunked storage: no single extent to check
+        return None
+    offset, stored = dataset.id.get_offset(), dataset.id.get_storage_size()
+    if stored < dataset.size * dataset.dtype.itemsize or (offset is not None and offset + stored > file_size):
+        return f"the {name!r} data is cut short"
+    return None
+
+
 def _plain(value: object) -> object:
     """h5 attribute values as plain Python (numpy scalars and bytes become int/float/str)."""
     if isinstance(value, bytes):

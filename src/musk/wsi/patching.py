@@ -33,7 +33,7 @@ class PatchGrid:
     min_tissue: float
 
     def attrs(self, reader: SlideReader, name: str) -> dict[str, object]:
-        """The h5 attributes of a patch file (DESIGN.md section 4, CLAM/TRIDENT names)."""
+        """The h5 attributes of a patch file (CLAM/TRIDENT names; docs/architecture.md, section "On-disk formats")."""
         return {
             "name": name,
             "patch_size": self.patch_size,

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..images import load_image
+from ..images import DEFAULT_MAX_PIXELS, load_image
+from .shared_pixels import SharedPixels
 
 __all__ = ["ImageSlideReader", "OpenSlideReader", "SlideError", "SlideReader", "open_slide"]
 
@@ -49,6 +50,8 @@ class SlideReader:
     level_downsamples: tuple[float, ...]
     mpp: float
     magnification: float
+    #: Whether DataLoader workers may use this reader (else each opens the slide itself).
+    shared_with_workers = False
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -161,32 +164,61 @@ class OpenSlideReader(SlideReader):
 
 
 class ImageSlideReader(SlideReader):
-    """A single-level image (PNG, JPEG, untiled TIFF ...) held in memory; its resolution must be given."""
+    """A single-level image (PNG, JPEG, untiled TIFF ...); its resolution must be given (or be in TIFF tags).
 
-    def __init__(self, path: str | os.PathLike, mpp: float | None = None):
+    Images over ``max_pixels`` (default :data:`musk.images.DEFAULT_MAX_PIXELS`) are refused from their header,
+    before any pixel is decoded. The image is decoded once into memory that DataLoader workers share
+    (:class:`SharedPixels`): a worker maps it instead of decoding the file again.
+    """
+
+    shared_with_workers = True
+
+    def __init__(self, path: str | os.PathLike, mpp: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.path = Path(path)
+        self._set_resolution(_tiff_mpp(self.path), None, mpp)  # before decoding: a slide without one stops here
+        _check_size(self.path, max_pixels)
         try:
-            self._image = load_image(self.path, max_pixels=None)
+            image = load_image(self.path, max_pixels=max_pixels)
         except ValueError as e:
             raise SlideError(f"cannot open slide {self.path}: {e}") from e
-        self.level_dimensions = (self._image.size,)
+        self.level_dimensions = (image.size,)
         self.level_downsamples = (1.0,)
-        self._set_resolution(_tiff_mpp(self.path), None, mpp)
+        self._pixels = SharedPixels.of(image)
 
     def _read(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
-        x, y = xy
-        region = self._image.crop((x, y, x + size[0], y + size[1]))  # beyond the edge: black, as Pillow pads
-        if x < 0 or y < 0 or x + size[0] > self._image.width or y + size[1] > self._image.height:
-            pixels = np.asarray(region).copy()
-            pixels[_outside(xy, size, self._image.size)] = 255
-            region = Image.fromarray(pixels)
-        return region
+        (x, y), (width, height) = xy, size
+        pixels = self._pixels.array
+        region = np.full((height, width, 3), 255, dtype=np.uint8)  # beyond the edge: white, like empty glass
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, pixels.shape[1]), min(y + height, pixels.shape[0])
+        if x1 > x0 and y1 > y0:
+            region[y0 - y : y1 - y, x0 - x : x1 - x] = pixels[y0:y1, x0:x1]
+        return Image.fromarray(region)
+
+    def close(self) -> None:
+        self._pixels.close()
 
 
-def _outside(xy: tuple[int, int], size: tuple[int, int], bounds: tuple[int, int]) -> np.ndarray:
-    cols = np.arange(xy[0], xy[0] + size[0])
-    rows = np.arange(xy[1], xy[1] + size[1])
-    return ((rows < 0) | (rows >= bounds[1]))[:, None] | ((cols < 0) | (cols >= bounds[0]))[None, :]
+_TOO_LARGE = (
+    "raise the limit for an image you trust (--max_pixels / max_pixels=; above twice Pillow's own, "
+    "PIL.Image.MAX_IMAGE_PIXELS, that too), or convert it to a tiled pyramidal TIFF, which is read a region at a time"
+)
+
+
+def _check_size(path: Path, max_pixels: int | None) -> None:
+    """:class:`SlideError` when the image's header declares more than ``max_pixels`` pixels (nothing decoded)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as e:
+        raise SlideError(f"{path}: {e}; {_TOO_LARGE}") from None
+    except Exception:  # noqa: BLE001 - an unreadable file: load_image says why
+        return
+    if max_pixels is not None and width * height > max_pixels:
+        raise SlideError(
+            f"{path} is a plain image of {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+            f"for decoding it whole; {_TOO_LARGE}"
+        )
 
 
 def _tiff_mpp(path: Path) -> float | None:
@@ -208,20 +240,25 @@ def _tiff_mpp(path: Path) -> float | None:
         return None
 
 
-def open_slide(path: str | os.PathLike, mpp: float | None = None) -> SlideReader:
+def open_slide(
+    path: str | os.PathLike, mpp: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> SlideReader:
     """A reader for ``path``: OpenSlide when it can read the file, else Pillow for plain images.
 
     ``mpp`` (microns per level-0 pixel) overrides the file's metadata and is required when it has none.
+    ``max_pixels``: the largest plain image (PNG, JPEG, untiled TIFF) decoded, checked from its header (None: no
+    limit of ours; Pillow's own, ``PIL.Image.MAX_IMAGE_PIXELS``, still applies); a larger one is better
+    converted to a tiled pyramidal TIFF, which is read a region at a time.
     Raises ``FileNotFoundError`` for a missing file and :class:`SlideError` for one that cannot be read.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no slide file at {path}")
     if path.suffix.lower() in PLAIN_IMAGE_EXTENSIONS:
-        return ImageSlideReader(path, mpp)
+        return ImageSlideReader(path, mpp, max_pixels)
     try:
         return OpenSlideReader(path, mpp)
     except SlideError as e:
         if path.suffix.lower() not in (".tif", ".tiff") or "resolution metadata" in str(e):
             raise
-        return ImageSlideReader(path, mpp)  # an untiled TIFF, which OpenSlide does not read
+        return ImageSlideReader(path, mpp, max_pixels)  # an untiled TIFF, which OpenSlide does not read

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import safe_filename
+
 __all__ = ["SLIDE_EXTENSIONS", "SlideEntry", "list_slides"]
 
 #: Files collected from a slide folder (case-insensitive): OpenSlide's formats, TIFF and plain images.
@@ -19,7 +21,8 @@ SLIDE_EXTENSIONS = (
 
 @dataclass(frozen=True)
 class SlideEntry:
-    """One slide: its ``name`` (the file name without extension, used for every output), file and mpp override."""
+    """One slide: its ``name`` (the file name without extension, made safe as a file name: it names every
+    output), its file and its mpp override."""
 
     name: str
     path: Path
@@ -27,7 +30,8 @@ class SlideEntry:
 
 
 def _name(path: Path) -> str:
-    return path.name[: -len(path.suffix)] if path.suffix else path.name
+    """The file name without its extension, safe as a file name (``...svs`` -> ``__``: never a path outside)."""
+    return safe_filename(path.name[: -len(path.suffix)] if path.suffix else path.name)
 
 
 def _from_csv(table: Path) -> list[SlideEntry]:
@@ -56,8 +60,9 @@ def _from_csv(table: Path) -> list[SlideEntry]:
 def list_slides(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[SlideEntry]:
     """Slides from a folder (its slide files, sorted, hidden ones skipped), a ``.csv`` list, or a list of files.
 
-    Files named explicitly are kept even when missing, so a job records them as failed. Two slides with the
-    same name would overwrite each other's outputs and raise ``ValueError``.
+    Slide files named explicitly are kept even when missing, so a job records them as failed; a missing path
+    without a slide extension (a mistyped folder) raises ``FileNotFoundError``. Two slides whose names (made
+    safe as file names) are the same would overwrite each other's outputs and raise ``ValueError``.
     """
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     entries: list[SlideEntry] = []
@@ -73,6 +78,8 @@ def list_slides(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             if not path.is_file():
                 raise FileNotFoundError(f"no slide list at {path}")
             entries += _from_csv(path)
+        elif not path.exists() and path.suffix.lower() not in SLIDE_EXTENSIONS:
+            raise FileNotFoundError(f"no slide folder or file at {path}")
         else:
             entries.append(SlideEntry(_name(path), path))
     if not entries:
@@ -80,6 +87,9 @@ def list_slides(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     seen: dict[str, Path] = {}
     for entry in entries:
         if entry.name in seen:
-            raise ValueError(f"two slides are named {entry.name!r}: {seen[entry.name]} and {entry.path}; rename one")
+            raise ValueError(
+                f"two slides would write their outputs under the same name {entry.name!r}: {seen[entry.name]} and "
+                f"{entry.path}; rename one"
+            )
         seen[entry.name] = entry.path
     return entries

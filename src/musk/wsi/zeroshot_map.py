@@ -16,7 +16,7 @@ from ..models import MUSK
 from ..zeroshot import probabilities
 from .extract import projected
 from .h5 import read_patch_file, write_patch_file
-from .overlay import heatmap_overlay
+from .overlay import add_colour_scale, heatmap_overlay
 from .tissue import save_png
 
 __all__ = ["PROBABILITIES", "add_zeroshot_map", "has_zeroshot_map", "heatmap_paths", "patch_probabilities"]
@@ -78,7 +78,8 @@ def add_zeroshot_map(
     templates: Sequence[str] | None = None,
     tokenizer_sha256: str | None = None,
 ) -> np.ndarray:
-    """Write per-patch probabilities into ``features_file`` (rewritten atomically) and one heatmap PNG per class.
+    """Write per-patch probabilities into ``features_file`` (rewritten atomically) and one heatmap PNG per class
+    (the class's probability over the thumbnail, with its colour scale in the lower right corner).
 
     ``classes`` are the (C, D) class embeddings of ``class_names`` (``musk.class_embeddings``), made with
     ``templates`` and the tokenizer file of ``tokenizer_sha256`` (recorded when given). Heatmaps of other
@@ -104,5 +105,5 @@ def add_zeroshot_map(
             stale.unlink()
     for column, path in enumerate(paths):
         overlay = heatmap_overlay(thumbnail, data.coords, probs[:, column], size0, level0, value_range=(0.0, 1.0))
-        save_png(overlay, path)
+        save_png(add_colour_scale(overlay, (0.0, 1.0), label=class_names[column]), path)
     return probs

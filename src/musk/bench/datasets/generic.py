@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...messages import listing
 from ..data import BenchData, DatasetLayoutError, FileImages
 from .layout import class_folders, require
 
@@ -61,7 +62,7 @@ def _check_filled(name: str, path: Path, table, columns: list[str]) -> None:
         empty = table[column].isna() | (table[column].astype(str).str.strip() == "")
         if empty.any():
             lines = [int(i) + 2 for i in table.index[empty.to_numpy()]]
-            shown = ", ".join(map(str, lines[:10])) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+            shown = listing(lines)
             raise DatasetLayoutError(
                 f"{name}: {path} has no {column!r} on line(s) {shown}; fill them in or remove those rows"
             )
