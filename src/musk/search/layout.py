@@ -115,7 +115,7 @@ def write_manifest(directory: str | os.PathLike, manifest: IndexManifest) -> Non
 @contextmanager
 def index_lock(directory: str | os.PathLike):
     """Hold the index's write lock; ``SearchError`` when another process is writing it."""
-    from ..wsi.job import exclusive_lock
+    from ..wsi.locks import exclusive_lock
 
     with exclusive_lock(Path(directory) / ".lock") as taken:
         if not taken:
