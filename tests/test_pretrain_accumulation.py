@@ -92,7 +92,7 @@ def test_cached_features_equal_the_training_forward_with_drop_path():
 
     batches = [batch(), batch()]
     batches[1]["text_labels"][:, 2] = 7
-    setup = StageSetup(model, streams=None, samples_per_step=4, cache_features=True)
+    setup = StageSetup(model, batches=None, samples_per_step=4, cache_features=True)
     context, states = _step_context(accelerator, model, setup, batches)
     assert context.targets == {"mlm": 2.0} and context.micro_batches == 2
     image, text = context.features

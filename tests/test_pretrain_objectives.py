@@ -235,7 +235,8 @@ def test_pretraining_models_back_propagate_into_every_trained_parameter():
 
 
 def test_layer_decay_groups_and_the_schedule():
-    from musk.pretrain.optim import lr_factor, param_groups
+    from musk.training.optim import param_groups
+    from musk.training.schedule import warmup_cosine
 
     model = ContrastiveModel(_tiny(), decoder_depth=1)
     groups = param_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
@@ -252,6 +253,6 @@ def test_layer_decay_groups_and_the_schedule():
     assert lr("decoder.blocks.0.ffn.0.weight") == (1.0, 0.05) and lr("musk.logit_scale") == (1.0, 0.0)
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
     # warm-up rises linearly, then a cosine falls to the floor
-    assert [round(lr_factor(s, 3, 13, 0.1), 4) for s in (0, 1, 2)] == [0.25, 0.5, 0.75]
-    assert lr_factor(3, 3, 13, 0.1) == 1.0 and lr_factor(8, 3, 13, 0.1) == pytest.approx(0.55)
-    assert lr_factor(13, 3, 13, 0.1) == pytest.approx(0.1)
+    assert [round(warmup_cosine(s, 3, 13, 0.1), 4) for s in (0, 1, 2)] == [0.25, 0.5, 0.75]
+    assert warmup_cosine(3, 3, 13, 0.1) == 1.0 and warmup_cosine(8, 3, 13, 0.1) == pytest.approx(0.55)
+    assert warmup_cosine(13, 3, 13, 0.1) == pytest.approx(0.1)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 import musk
 from musk.pretrain import export_weights, read_log
-from musk.pretrain.checkpoint import load_checkpoint
+from musk.training.checkpoint import load_checkpoint
 from pretrain_synthetic import make_pairs
 
 pytest.importorskip("accelerate")

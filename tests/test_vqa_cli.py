@@ -78,6 +78,46 @@ def test_train_then_eval_writes_predictions_and_metrics(trained, tmp_path, capsy
     assert record["metrics"] == printed and record["config"]["split"] == "test"
 
 
+def test_prediction_cells_are_safe_for_spreadsheets(trained, tmp_path, capsys):
+    """Questions, answers, types and ids are the dataset's text: one that a spreadsheet would run as a formula
+    gets a leading apostrophe in the predictions CSV (numbers are left alone)."""
+    data, out = trained
+    folder = tmp_path / "crafted"
+    folder.mkdir()
+    (folder / "images").symlink_to(data / "images")
+    row = {"image": "images/test_0000.png", "question": '=HYPERLINK("http://example.com", "x")', "answer": "@SUM(1)",
+           "question_type": "+colour", "id": "-2+3"}  # fmt: skip
+    with open(folder / "test.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(row))
+        writer.writeheader()
+        writer.writerow(row)
+    predictions = tmp_path / "preds.csv"
+    argv = ["vqa", "eval", "--data", str(folder), "--model_dir", str(out), "-o", str(predictions), "--device", "cpu"]
+    assert main(argv) == 0
+    (written,) = list(csv.DictReader(predictions.open()))
+    for column in ("question", "answer", "id"):
+        assert written[column] == "'" + row[column]
+    assert written["question_type"] == "'+colour" and float(written["probability"]) > 0
+
+
+def test_evaluation_casts_the_weights_by_the_inference_rule(trained):
+    """``--precision`` of eval and ask is the inference rule: the weights (and the images given them) are cast;
+    the answers' probabilities come back as fp32, close to the fp32 model's."""
+    import torch
+
+    from musk.vqa import load_split, predict
+
+    data, out = trained
+    examples = load_split(data, "test")[:8]
+    fp32, bf16 = load_vqa_model(out, precision="fp32"), load_vqa_model(out, precision="bf16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    exact, cast = predict(fp32, examples), predict(bf16, examples)
+    assert cast.probabilities.dtype == torch.float32
+    torch.testing.assert_close(cast.probabilities, exact.probabilities, atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, bf16"):
+        load_vqa_model(out, precision="auto")
+
+
 def test_ask_on_the_real_demo_image(trained, demo_image, capsys):
     _, out = trained
     answers = answer_question(out / "best", demo_image, "what colour is the shape?", top_k=3)

@@ -12,8 +12,9 @@ import torch
 
 import musk
 from conftest import shared_path
+from musk.training.optim import build_optimizer, layer_index, param_groups
+from musk.training.schedule import warmup_cosine
 from musk.vqa.model import MuskVQA
-from musk.vqa.optim import build_optimizer, cosine_with_warmup, layer_id, param_groups
 from test_parity import assert_close, seeded_model
 
 
@@ -71,11 +72,11 @@ def test_question_padding_does_not_change_the_answer():
 
 def test_layer_wise_lr_decay_groups():
     vqa = MuskVQA(musk.create_model("musk_tiny_patch16_64"), num_answers=3)  # depth 2
-    assert layer_id("backbone.beit3.text_embed.weight", 2) == 0
-    assert layer_id("backbone.beit3.encoder.embed_positions.A.weight", 2) == 0
-    assert layer_id("backbone.beit3.encoder.layers.1.ffn.A.fc1.weight", 2) == 2
-    assert layer_id("backbone.beit3.encoder.layer_norm.A.weight", 2) == 3
-    assert layer_id("classifier.0.weight", 2) == 3
+    assert layer_index("backbone.beit3.text_embed.weight", 2, "backbone.") == 0
+    assert layer_index("backbone.beit3.encoder.embed_positions.A.weight", 2, "backbone.") == 0
+    assert layer_index("backbone.beit3.encoder.layers.1.ffn.A.fc1.weight", 2, "backbone.") == 2
+    assert layer_index("backbone.beit3.encoder.layer_norm.A.weight", 2, "backbone.") == 3
+    assert layer_index("classifier.0.weight", 2, "backbone.") == 3
     groups = param_groups(vqa, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
     lrs = {g["layer"]: g["lr"] for g in groups}
     assert lrs == pytest.approx({0: 1e-3 * 0.125, 1: 1e-3 * 0.25, 2: 1e-3 * 0.5, 3: 1e-3})
@@ -94,13 +95,13 @@ def test_layer_wise_lr_decay_groups():
 
 
 def test_warmup_then_cosine():
-    factors = [cosine_with_warmup(s, 10, 110) for s in range(120)]
+    factors = [warmup_cosine(s, 10, 110) for s in range(120)]
     assert factors[0] < factors[5] < factors[9] < 1.0  # warm-up rises
     assert factors[10] == pytest.approx(1.0)
     assert factors[60] == pytest.approx(0.5)  # half-way through the cosine
     assert factors[110] == pytest.approx(0.0, abs=1e-12) and factors[119] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
-    assert cosine_with_warmup(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])

@@ -17,6 +17,7 @@ pytest.importorskip("accelerate", reason="training needs the [vqa] extra")
 
 from musk.vqa import VQATrainConfig, evaluate_vqa, load_split, load_vqa_model, train_vqa
 from musk.vqa import train as vqa_train
+from pretrain_synthetic import CodeOnLoad
 from test_vqa_synthetic import make_vqa_set
 
 SPLITS = {"train": 250, "validation": 50}
@@ -99,25 +100,32 @@ class Killed(Exception):
     """Stands for the job being killed."""
 
 
-def test_restart_resumes_the_same_run_and_refuses_another(tmp_path, tokenizer_file, monkeypatch):
-    """A run killed in epoch 2 continues after epoch 1 as if never stopped; a finished run is left as it is; a
-    run with other settings never replaces it unless asked to."""
-    data = make_vqa_set(tmp_path / "data", {"train": 6, "validation": 2}, seed=3)  # 24 and 8 questions
-    full = train_vqa(tiny_config(data, tmp_path / "full", tokenizer_file, epochs=3, batch_size=8))
+def killed_in_epoch_2(config: VQATrainConfig, monkeypatch) -> tuple[list, list]:
+    """Run ``config`` and kill it in epoch 2, after the epoch-1 checkpoint; returns the list each validation
+    appends to and the validations (counted from 1) that kill the run, both for the caller to change."""
     validated, kill_at = [], [2]
     real_validate = vqa_train._validate
 
     def validate(*args):
         validated.append(1)
         if len(validated) in kill_at:
-            raise Killed  # in epoch 2, after the epoch-1 checkpoint
+            raise Killed
         return real_validate(*args)
 
     monkeypatch.setattr(vqa_train, "_validate", validate)
-    out = tmp_path / "out"
-    config = tiny_config(data, out, tokenizer_file, epochs=3, batch_size=8)
     with pytest.raises(Killed):
         train_vqa(config)
+    return validated, kill_at
+
+
+def test_restart_resumes_the_same_run_and_refuses_another(tmp_path, tokenizer_file, monkeypatch):
+    """A run killed in epoch 2 continues after epoch 1 as if never stopped; a finished run is left as it is; a
+    run with other settings never replaces it unless asked to."""
+    data = make_vqa_set(tmp_path / "data", {"train": 6, "validation": 2}, seed=3)  # 24 and 8 questions
+    full = train_vqa(tiny_config(data, tmp_path / "full", tokenizer_file, epochs=3, batch_size=8))
+    out = tmp_path / "out"
+    config = tiny_config(data, out, tokenizer_file, epochs=3, batch_size=8)
+    validated, kill_at = killed_in_epoch_2(config, monkeypatch)
     first = json.loads((out / "history.json").read_text())["history"]
     assert [h["epoch"] for h in first] == [1]
 
@@ -146,6 +154,54 @@ def test_restart_resumes_the_same_run_and_refuses_another(tmp_path, tokenizer_fi
     assert json.loads((out / "history.json").read_text()) == history
     replaced = train_vqa(tiny_config(data, out, tokenizer_file, epochs=2, batch_size=8, overwrite=True))
     assert len(replaced.history) == 2 and len(json.loads((out / "history.json").read_text())["history"]) == 2
+
+
+def test_a_run_folder_runs_no_code_when_resumed(tmp_path, tokenizer_file, monkeypatch):
+    """Earlier versions pickled the learning-rate scheduler into each checkpoint (``custom_checkpoint_0.pkl``),
+    which accelerate unpickles without restriction: a crafted run folder ran code. The file is never read now
+    (the learning rate follows the step; such a folder resumes to the uninterrupted run), and a checkpoint with
+    any other file that would run code is refused before anything is loaded."""
+    data = make_vqa_set(tmp_path / "data", {"train": 6, "validation": 2}, seed=3)
+    full = train_vqa(tiny_config(data, tmp_path / "full", tokenizer_file, epochs=2, batch_size=8))
+    marker = tmp_path / "ran"
+    for name in ("custom_checkpoint_0.pkl", "optimizer.bin"):
+        config = tiny_config(data, tmp_path / name, tokenizer_file, epochs=2, batch_size=8)
+        _, kill_at = killed_in_epoch_2(config, monkeypatch)
+        kill_at.clear()
+        (checkpoint,) = (tmp_path / name / "checkpoints").iterdir()
+        torch.save({"state": CodeOnLoad(marker)}, checkpoint / name)
+        if name == "optimizer.bin":
+            with pytest.raises(ValueError, match=f"{checkpoint / name} is not a plain tensor file"):
+                train_vqa(config)
+            assert not (tmp_path / name / "last").exists()
+            continue
+        resumed = train_vqa(config)
+        assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history])
+        assert resumed.history[-1]["validation"] == full.history[-1]["validation"]
+    assert not marker.exists()
+
+
+def test_local_weights_bring_their_tokenizer_and_fingerprint(tmp_path, tokenizer_file):
+    """The MUSK comes through musk.load: the weights file's tokenizer.spm is the question tokenizer (saved with
+    the model), and the provenance records the file's SHA-256; the model starts from those weights."""
+    import shutil
+
+    import musk
+    from musk.files import file_sha256
+    from weights_file import save_weights
+
+    start, folder = musk.create_model("musk_tiny_patch16_64"), tmp_path / "mine"
+    folder.mkdir()
+    weights = save_weights(start, folder / "tiny.safetensors")
+    shutil.copyfile(tokenizer_file, folder / "tokenizer.spm")
+    data = make_vqa_set(tmp_path / "data", {"train": 4, "validation": 2}, seed=4)
+    config = tiny_config(data, tmp_path / "out", tokenizer_file, weights=str(weights), tokenizer=None, epochs=1, lr=0.0)
+    result = train_vqa(config)
+    record = json.loads((result.best_dir / "provenance.json").read_text())["weights"]
+    assert record == {"path": str(weights), "sha256": file_sha256(weights)}
+    assert (result.best_dir / "tokenizer.spm").read_bytes() == tokenizer_file.read_bytes()
+    trained = load_vqa_model(result.best_dir).model.backbone.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in start.state_dict().items())  # lr 0: the weights as loaded
 
 
 def test_two_processes_under_accelerate_launch(tmp_path, tokenizer_file):

@@ -3,6 +3,7 @@
 musk pretrain tokenizer --recipe large --images tiles/ --output_dir vqkd
 musk pretrain mim --recipe large --images shards/ --texts reports.jsonl --set visual_tokenizer=vqkd -o stage1
 musk pretrain contrastive --recipe large --pairs pairs.csv --set weights=stage1 --output_dir stage2
+   (--tokenizer tokenizer.spm for stages 1 and 2; default: beside local weights, else the hub's)
 musk pretrain export stage2 -o musk_pretrained.safetensors
 
 Any recipe value can be set with --set key=value (lists comma-separated). For several GPUs or processes run
@@ -15,6 +16,9 @@ import argparse
 import json
 
 from ..runtime import DTYPES
+from ..settings import parse_overrides
+from ..training.precision import ACCELERATE_PRECISIONS
+from .common import TOKENIZER_HELP, show_progress
 
 _INPUTS = {"tokenizer": ("images",), "mim": ("images", "texts"), "contrastive": ("pairs",)}
 _HELP = {
@@ -45,11 +49,14 @@ def _add_stage(commands, stage: str, inputs: tuple[str, ...]) -> None:
     p.add_argument("--output_dir", "-o", default=None, help="where checkpoints, logs and config go")
     for name in inputs:
         p.add_argument(f"--{name}", nargs="+", default=None, help=f"{name}: files, folders or tar shards")
+    if stage != "tokenizer":
+        p.add_argument("--tokenizer", default=None, help=f"{TOKENIZER_HELP}; also --set tokenizer=PATH")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value (repeatable)")  # fmt: skip
     group = p.add_argument_group("runtime")
     group.add_argument("--device", default=None, help="cpu to force the CPU (GPUs: accelerate launch)")
-    group.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default=None)
+    group.add_argument("--precision", choices=ACCELERATE_PRECISIONS, default=None,
+                       help="accelerate's mixed precision; auto: bf16 or fp16 on GPUs, fp32 on CPU")  # fmt: skip
     group.add_argument("--batch_size", type=int, default=None, help="global batch per optimizer step")
     group.add_argument("--num_workers", type=int, default=None)
     group.add_argument("--seed", type=int, default=None)
@@ -59,11 +66,9 @@ def _add_stage(commands, stage: str, inputs: tuple[str, ...]) -> None:
 
 def stage_overrides(args: argparse.Namespace) -> dict:
     """The recipe overrides a stage command line gives."""
-    from ..pretrain.config import parse_overrides
-
     values = parse_overrides(args.overrides)
-    for name in (*args.inputs, "output_dir", "precision", "batch_size", "num_workers", "seed", "steps"):
-        if getattr(args, name) is not None:
+    for name in (*args.inputs, "tokenizer", "output_dir", "precision", "batch_size", "num_workers", "seed", "steps"):
+        if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     if args.device is not None:
         if args.device not in ("cpu", "auto", "cuda"):
@@ -74,7 +79,6 @@ def stage_overrides(args: argparse.Namespace) -> dict:
 
 def run_stage(args: argparse.Namespace) -> int:
     from ..pretrain import load_config, train_contrastive, train_mim, train_tokenizer
-    from .common import show_progress
 
     config = load_config(args.stage, args.recipe, {"progress": show_progress(), **stage_overrides(args)})
     train = {"tokenizer": train_tokenizer, "mim": train_mim, "contrastive": train_contrastive}[args.stage]

@@ -11,17 +11,16 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
-from pathlib import Path
 
 from ..files import write_json
+from ..models.weights import weights_option
 from ..provenance import provenance
-from ..runtime import DTYPES, resolve_device, seed_everything
-from .common import add_model_args, add_runtime_args, run_config, show_progress
+from ..runtime import resolve_device, seed_everything
+from ..settings import build, setting_names
+from ..training.precision import ACCELERATE_PRECISIONS
+from .common import add_model_args, add_runtime_args, output_path, run_config, show_progress
 
 logger = logging.getLogger(__name__)
-
-_NO_WEIGHTS = ("none", "random")
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +32,7 @@ def add_parser(subparsers) -> None:
 
 
 def _add_train(commands) -> None:
-    from ..vqa.train import LOSSES, PRECISIONS, VQATrainConfig
+    from ..vqa.train import LOSSES, VQATrainConfig
 
     d = VQATrainConfig()
     p = commands.add_parser("train", help="fine-tune on a VQA dataset", description="Fine-tune MUSK for VQA.")
@@ -44,8 +43,7 @@ def _add_train(commands) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace another (or a finished) training run in --output_dir"
     )
-    add_model_args(p, weights_help="MUSK weights to start from: hub id, local file or folder, or 'none'")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.spm path (default: from the hub)")
+    add_model_args(p, tokenizer=True)
     p.add_argument("--train_split", default=d.train_split, help="default: %(default)s")
     p.add_argument("--val_split", default=d.val_split, help="default: %(default)s; 'none' for no validation")
     p.add_argument("--min_answer_count", type=int, default=d.min_answer_count, help="default: %(default)s")
@@ -64,11 +62,13 @@ def _add_train(commands) -> None:
     p.add_argument("--grad_checkpointing", action="store_true", help="recompute activations to save memory")
     group = p.add_argument_group("runtime")
     group.add_argument("--device", default="auto", help="auto or cpu (GPUs: accelerate launch) (default: %(default)s)")
-    group.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="default: %(default)s")
+    group.add_argument("--precision", choices=ACCELERATE_PRECISIONS, default=d.precision,
+                       help="accelerate's mixed precision; auto: bf16 or fp16 on GPUs, fp32 on CPU (default: "
+                       "%(default)s)")  # fmt: skip
     group.add_argument("--batch_size", type=int, default=d.batch_size, help="per process (default: %(default)s)")
     group.add_argument("--num_workers", type=int, default=d.num_workers, help="default: %(default)s")
     group.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
-    p.set_defaults(run=run_train, _config_fields=[f.name for f in fields(VQATrainConfig)])
+    p.set_defaults(run=run_train)
 
 
 def _add_eval(commands) -> None:
@@ -97,14 +97,9 @@ def _add_ask(commands) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..vqa.train import VQATrainConfig, train_vqa
 
-    values = {k: v for k, v in vars(args).items() if k in args._config_fields}
-    if str(values["weights"]).lower() in _NO_WEIGHTS:
-        values["weights"] = None
-    if str(values["val_split"]).lower() == "none":
-        values["val_split"] = None
-    values["cpu"] = args.device == "cpu"
-    values["progress"] = show_progress()
-    result = train_vqa(VQATrainConfig(**values))
+    values = {k: v for k, v in vars(args).items() if k in setting_names(VQATrainConfig)}
+    values.update(weights=weights_option(args.weights), cpu=args.device == "cpu", progress=show_progress())
+    result = train_vqa(build(VQATrainConfig, values, "musk vqa train"))
     print(json.dumps({"best_dir": str(result.best_dir), "best_epoch": result.best_epoch,
                       "best_accuracy": result.best_accuracy, "answers": result.num_answers}))  # fmt: skip
     return 0
@@ -113,23 +108,16 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from ..vqa import evaluate_vqa, load_split, load_vqa_model, write_predictions_csv
 
+    output = output_path(args.output) if args.output else None
     seed_everything(args.seed)
-    saved = load_vqa_model(args.model_dir, device=resolve_device(args.device), tokenizer=args.tokenizer)
-    examples = load_split(args.data, args.split)
-    precision = DTYPES[args.precision]
-    report = evaluate_vqa(saved, examples, args.batch_size, args.num_workers, precision, show_progress())
+    saved = load_vqa_model(args.model_dir, resolve_device(args.device), args.tokenizer, args.precision)
+    report = evaluate_vqa(saved, load_split(args.data, args.split), args.batch_size, args.num_workers, show_progress())
     print(json.dumps(report.metrics, indent=2))
-    if args.output:
-        output = write_predictions_csv(args.output, report)
-        config = run_config(args)
-        record = provenance(config, Path(args.model_dir) / "model.safetensors" if _has_weights(args) else None)
-        record["metrics"] = report.metrics
-        write_json(output.with_suffix(".json"), record)
+    if output is not None:
+        write_predictions_csv(output, report)
+        write_json(output.with_suffix(".json"), {**provenance(run_config(args), saved.weights_file),
+                                                 "metrics": report.metrics})  # fmt: skip
     return 0
-
-
-def _has_weights(args: argparse.Namespace) -> bool:
-    return (Path(args.model_dir) / "model.safetensors").is_file()
 
 
 def run_ask(args: argparse.Namespace) -> int:

@@ -1,12 +1,13 @@
-"""Resumable, process-independent batching of a record stream.
+"""Resumable, process-independent batching of a data source.
 
-The stream of records is cut into *global* batches (``global_batch`` records: everything one optimizer step
-sees over all processes and accumulation steps). Global batch ``k`` is split into ``grad_accum x world``
-micro-batches: micro-batch ``m`` of process ``r`` holds records ``[(m * world + r) * b, ... + b)``. So one
-process with the whole global batch and N processes with their shares see the same records in each step,
-and every random choice is seeded by ``(seed, stream, epoch, batch, index in the global batch)``.
+A source's records, in their order for an epoch, are cut into *global* batches (``global_batch`` records:
+everything one optimizer step sees over all processes and accumulation steps). Global batch ``k`` is split into
+``grad_accum x world`` micro-batches: micro-batch ``m`` of process ``r`` holds the records from
+``(m * world + r) * b`` on (``b`` per micro-batch). So one process with the whole global batch and N processes with
+their shares see the same records in each step, and every random choice is seeded by ``(seed, source, epoch,
+batch, index in the global batch)``.
 
-The position (epoch, global batches done in it) is all a checkpoint needs to resume the stream.
+The position (epoch, global batches done in it) is all a checkpoint needs to resume the batching.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-__all__ = ["BatchStream", "StreamPosition", "make_loader"]
+__all__ = ["DataPosition", "MicroBatches", "make_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ BatchMaker = Callable[[Sequence, Sequence[np.random.Generator]], dict]
 
 
 @dataclass
-class StreamPosition:
-    """Where a stream stands: ``batch`` global batches of epoch ``epoch`` are done."""
+class DataPosition:
+    """Where the batching of a source stands: ``batch`` global batches of epoch ``epoch`` are done."""
 
     epoch: int = 0
     batch: int = 0
@@ -42,7 +43,7 @@ class StreamPosition:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
 
-class BatchStream(IterableDataset):
+class MicroBatches(IterableDataset):
     """This process's micro-batches of a source, epoch after epoch, from ``start`` on (never ends).
 
     ``source.records(epoch, seed)`` lists the records; ``expand`` (optional) turns each record into zero or
@@ -57,11 +58,11 @@ class BatchStream(IterableDataset):
         global_batch: int,
         *,
         seed: int,
-        stream_id: int = 0,
+        source_id: int = 0,
         rank: int = 0,
         world: int = 1,
         grad_accum: int = 1,
-        start: StreamPosition | None = None,
+        start: DataPosition | None = None,
         expand: Callable[[object], Iterator] | None = None,
     ):
         share = world * grad_accum
@@ -72,8 +73,8 @@ class BatchStream(IterableDataset):
             )
         self.source, self.make_batch, self.expand = source, make_batch, expand
         self.global_batch, self.micro = global_batch, global_batch // share
-        self.seed, self.stream_id, self.rank, self.world, self.grad_accum = seed, stream_id, rank, world, grad_accum
-        self.start = start or StreamPosition()
+        self.seed, self.source_id, self.rank, self.world, self.grad_accum = seed, source_id, rank, world, grad_accum
+        self.start = start or DataPosition()
 
     def _samples(self, epoch: int) -> Iterator:
         records = self.source.records(epoch, self.seed)
@@ -107,21 +108,21 @@ class BatchStream(IterableDataset):
 
     def _micro_batch(self, chunk: list, epoch: int, batch: int, m: int) -> dict:
         lo = (m * self.world + self.rank) * self.micro
-        rngs = [np.random.default_rng([self.seed, self.stream_id, epoch, batch, i]) for i in range(lo, lo + self.micro)]
+        rngs = [np.random.default_rng([self.seed, self.source_id, epoch, batch, i]) for i in range(lo, lo + self.micro)]
         out = self.make_batch(chunk[lo : lo + self.micro], rngs)
         out["position"] = torch.tensor([epoch, batch, m])
         return out
 
 
-def make_loader(stream: BatchStream, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over the stream's ready-made micro-batches, in order (workers take turns).
+def make_loader(batches: MicroBatches, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over ready-made micro-batches, in order (workers take turns).
 
     Its own seed generator: starting the loader must not draw from the global RNG, whose state a resumed run
     restores (drop path, dead-code restarts) and which would otherwise be shifted."""
     return DataLoader(
-        stream,
+        batches,
         batch_size=None,
-        generator=torch.Generator().manual_seed(stream.seed),
+        generator=torch.Generator().manual_seed(batches.seed),
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=2 if num_workers else None,

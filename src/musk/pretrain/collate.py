@@ -1,5 +1,6 @@
 """Turning records into training tensors: augmented images with patch masks, masked text windows, and
-image-caption pairs. Every random choice uses the per-sample generator handed in by the batch stream."""
+image-caption pairs. Every random choice uses the per-sample generator handed in by the batching
+(:mod:`musk.pretrain.batching`)."""
 
 from __future__ import annotations
 

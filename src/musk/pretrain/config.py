@@ -2,20 +2,22 @@
 
 A recipe is a YAML file with one mapping per stage (``tokenizer``, ``mim``, ``contrastive``). The package
 ships ``tiny`` (tests, examples) and ``large`` (the published recipe); any other path works too. Every value
-can be overridden (``key=value`` strings from the command line are converted to the field's type).
+can be overridden; values are converted and checked by :func:`musk.settings.build` (``key=value`` strings from
+the command line become the field's type; an unknown key or a wrong type is an error naming it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 
-import yaml
+from ..messages import listing
+from ..settings import SettingsError, build, load_yaml
+from ..training.precision import ACCELERATE_PRECISIONS
+from .vqkd import VQKDArchitecture
 
 __all__ = [
     "STAGES",
@@ -25,11 +27,8 @@ __all__ = [
     "TokenizerConfig",
     "load_config",
     "load_recipe",
-    "parse_overrides",
     "recipe_names",
 ]
-
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass
@@ -38,8 +37,10 @@ class RunConfig:
 
     ``batch_size`` is the global batch of one optimizer step (all processes and accumulation steps);
     ``steps`` the optimizer steps (``epochs`` instead, for sized data); ``warmup`` steps (or a fraction of
-    the run when below 1); the lr follows a linear warm-up then a cosine to ``min_lr``.
-    ``resume``: ``auto`` continues from the newest checkpoint in ``output_dir`` when there is one.
+    the run when below 1); the lr follows a linear warm-up then a cosine to ``min_lr``. ``precision``:
+    accelerate's mixed precision (``auto``: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU).
+    ``resume``: ``auto`` continues from the newest checkpoint in ``output_dir`` when there is one, ``never``
+    starts afresh, a checkpoint folder continues from it.
     """
 
     output_dir: str = "musk-pretrain"
@@ -71,8 +72,8 @@ class RunConfig:
     shuffle_buffer: int = 1000
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision not in ACCELERATE_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(ACCELERATE_PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_size", "grad_accum", "save_every", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -81,33 +82,25 @@ class RunConfig:
 
 
 @dataclass
-class TokenizerConfig(RunConfig):
-    """Stage 0, the VQ-KD visual tokenizer: a ViT encoder, an l2-normalised EMA codebook, a decoder that
-    regresses a frozen teacher's patch features (cosine loss). ``teacher``: a timm model name;
-    ``teacher_args``: further arguments for ``timm.create_model`` (``{depth: 6}``); ``teacher_weights``: a local
-    file for it (None: timm's pretrained weights, or random with ``random``)."""
+class TokenizerConfig(RunConfig, VQKDArchitecture):
+    """Stage 0, the VQ-KD visual tokenizer (its architecture settings: :class:`~musk.pretrain.vqkd.VQKDArchitecture`):
+    a ViT encoder, an l2-normalised EMA codebook, a decoder that regresses a frozen teacher's patch features
+    (cosine loss). ``teacher``: a timm model name; ``teacher_args``: further arguments for ``timm.create_model``
+    (``{depth: 6}``); ``teacher_weights``: a local file for it (None: timm's pretrained weights, or random with
+    ``random``)."""
 
     images: list[str] = field(default_factory=list)
     teacher: str = "vit_large_patch16_224"
     teacher_args: dict[str, typing.Any] = field(default_factory=dict)
     teacher_weights: str | None = None
-    img_size: int = 224
-    patch_size: int = 16
-    encoder_dim: int = 768
-    encoder_depth: int = 12
-    encoder_heads: int = 12
-    decoder_depth: int = 3
-    codebook_size: int = 8192
-    code_dim: int = 32
-    ema_decay: float = 0.99
-    commitment: float = 0.25
-    dead_code_threshold: float = 1e-3
 
 
 @dataclass
 class MimConfig(RunConfig):
     """Stage 1, unified masked modelling on unpaired images and texts. ``batch_size`` counts images,
-    ``text_batch_size`` texts; ``visual_tokenizer``: the stage-0 output folder (or its ``tokenizer.pt``)."""
+    ``text_batch_size`` texts; ``visual_tokenizer``: the stage-0 output folder (or its ``visual_tokenizer.json``);
+    ``weights``: where MUSK starts (None or ``none``: random; ``published``, a hub id, a file, or a run folder);
+    ``tokenizer``: the text tokenizer (default: beside local weights, else the hub's)."""
 
     images: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
@@ -130,9 +123,10 @@ class MimConfig(RunConfig):
 @dataclass
 class ContrastiveConfig(RunConfig):
     """Stage 2, image-text alignment: CLIP loss plus ``mlm_weight`` x the caption decoder's MLM loss.
-    ``weights``: the stage-1 result to start from (an export, or a stage-1 output folder). ``eval_pairs``:
-    held-out pairs scored by retrieval (R@1/50/200 both ways) at every checkpoint, for model selection: the
-    checkpoint with the highest ``select_by`` is kept (besides the newest) and is what the run exports."""
+    ``weights``: the stage-1 result to start from (a stage-1 output folder, an export, ``published``, ...).
+    ``eval_pairs``: held-out pairs scored by retrieval (R@1/50/200 both ways) at every checkpoint, for model
+    selection: the checkpoint with the highest ``select_by`` is kept (besides the newest) and is what the run
+    exports."""
 
     pairs: list[str] = field(default_factory=list)
     eval_pairs: list[str] = field(default_factory=list)
@@ -158,72 +152,39 @@ def recipe_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("musk.pretrain.recipes").iterdir() if p.name.endswith(".yaml"))
 
 
+def _read_recipe(recipe: str | os.PathLike) -> tuple[dict, str]:
+    """A recipe's stages and where it came from (for messages)."""
+    if str(recipe) in recipe_names():
+        with resources.as_file(resources.files("musk.pretrain.recipes").joinpath(f"{recipe}.yaml")) as path:
+            return load_yaml(path), f"recipe {recipe!r}"
+    if not os.path.isfile(recipe):
+        raise FileNotFoundError(f"recipe {recipe!r} is neither a shipped recipe ({listing(recipe_names())}) nor a file")
+    return load_yaml(recipe), str(recipe)
+
+
 def load_recipe(recipe: str | os.PathLike, stage: str) -> dict:
     """The ``stage`` section of a shipped recipe (by name) or of a YAML file."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose from {sorted(STAGES)}")
-    if str(recipe) in recipe_names():
-        text = resources.files("musk.pretrain.recipes").joinpath(f"{recipe}.yaml").read_text()
-        where = f"recipe {recipe!r}"
-    else:
-        path = Path(recipe)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe {recipe!r} is neither a shipped recipe ({recipe_names()}) nor a file")
-        text, where = path.read_text(), str(path)
-    data = yaml.safe_load(text) or {}
+    _stage_class(stage)
+    data, where = _read_recipe(recipe)
     if stage not in data:
-        raise ValueError(f"{where} has no {stage!r} section (it has {sorted(data)})")
-    return dict(data[stage] or {})
-
-
-def _convert(value, annotation):
-    """A command-line string as the type of a dataclass field (lists are comma-separated, mappings YAML)."""
-    if not isinstance(value, str):
-        return value
-    hint = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if value.lower() in ("none", "null") and type(None) in typing.get_args(annotation):
-        return None
-    if hint in (typing.Union, types.UnionType):
-        return _convert(value, args[0])
-    if hint is list:
-        return [_convert(v, args[0]) for v in value.split(",") if v]
-    if hint is dict:
-        mapping = yaml.safe_load(value)
-        if not isinstance(mapping, dict):
-            raise ValueError(f"expected a YAML mapping such as {{depth: 6}}, got {value!r}")
-        return mapping
-    if annotation is bool:
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return value.lower() in ("true", "1", "yes")
-    return annotation(value)
-
-
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    """``["lr=1e-3", "steps=20"]`` -> ``{"lr": "1e-3", "steps": "20"}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value")
-        out[key.strip()] = value
-    return out
+        raise SettingsError(f"{where} has no {stage!r} section (it has {listing(data) or 'none'})")
+    section = data[stage] or {}
+    if not isinstance(section, dict):
+        raise SettingsError(f"{where}: the {stage!r} section must be a mapping of settings, not {section!r}")
+    return dict(section)
 
 
 def load_config(stage: str, recipe: str | os.PathLike = "large", overrides: dict | None = None) -> RunConfig:
     """The resolved configuration of ``stage``: the recipe's values, then ``overrides`` on top."""
-    cls = STAGES[stage] if stage in STAGES else None
-    values = {**load_recipe(recipe, stage), **(overrides or {})}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise ValueError(f"unknown {stage} setting(s) {unknown}; known: {sorted(hints)}")
-    try:
-        converted = {k: _convert(v, hints[k]) for k, v in values.items()}
-    except ValueError as e:
-        raise ValueError(f"bad {stage} setting: {e}") from e
-    return cls(**converted)
+    cls = _stage_class(stage)
+    source = f"{stage} settings of recipe {str(recipe)!r}" + (" with overrides" if overrides else "")
+    return build(cls, {**load_recipe(recipe, stage), **(overrides or {})}, source)
+
+
+def _stage_class(stage: str) -> type[RunConfig]:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    return STAGES[stage]
 
 
 def config_dict(config: RunConfig) -> dict:

@@ -2,7 +2,7 @@
 
 A source lists light *records* (a path, a shard member's byte range, a line of text) in an order fixed by
 the seed and the epoch; the heavy work (decoding, augmenting, masking) happens later, per batch, only for the
-records a process and worker need. Streams (shards, text files) are read as they go, never held in memory;
+records a process and worker need. Shards and text files are read as they go, never held in memory;
 :mod:`musk.pretrain.batching` keeps the position in them.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import IMAGE_EXTENSIONS, list_images, load_image
+from ..messages import listing
 
 __all__ = [
     "ImageFolderSource",
@@ -137,7 +138,7 @@ class ShardSource:
             shards += sorted(map(str, item.glob("*.tar"))) if item.is_dir() else [str(item)]
         missing = [s for s in shards if not Path(s).is_file()]
         if missing or not shards:
-            raise FileNotFoundError(f"tar shards not found: {missing[:5] or inputs}")
+            raise FileNotFoundError(f"tar shards not found: {listing(missing) if missing else inputs}")
         return cls(tuple(shards), buffer)
 
     def records(self, epoch: int, seed: int) -> Iterator[ShardMember]:
@@ -171,7 +172,7 @@ def image_source(inputs, buffer: int = 1000) -> ImageFolderSource | ShardSource:
 
 @dataclass(frozen=True)
 class TextSource:
-    """Text corpora read as streams: ``.txt`` (one document per line) or ``.jsonl`` (the ``field`` of each
+    """Text corpora read as they go: ``.txt`` (one document per line) or ``.jsonl`` (the ``field`` of each
     object); files in a new order each epoch, documents mixed in a seeded shuffle buffer; blank lines skipped."""
 
     files: tuple[Path, ...]
@@ -238,8 +239,8 @@ class PairTableSource:
         for line_no, row in rows:
             if image_key not in row or caption_key not in row:
                 raise ValueError(
-                    f"{path}:{line_no}: needs the columns {image_key!r} and {caption_key!r}, has {sorted(row)}; "
-                    f"rename them or pass image_key/caption_key"
+                    f"{path}:{line_no}: needs the columns {image_key!r} and {caption_key!r}, has "
+                    f"{listing(row, sort=True)}; rename them or pass image_key/caption_key"
                 )
             image = Path(row[image_key])
             pairs.append((image if image.is_absolute() else path.parent / image, str(row[caption_key])))

@@ -1,25 +1,30 @@
 """From a training run to the published key layout: the MUSK weights of a checkpoint, heads and decoder
-dropped, as one safetensors file that ``musk.create_model(name, pretrained=path)`` loads strictly."""
+dropped, as one safetensors file that ``musk.create_model(name, pretrained=path)`` loads strictly.
+
+Checkpoint files are read as tensors only (``weights_only=True``): a file that would run code is refused.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from ..files import write_json, write_safetensors
-from ..models import MUSK, CheckpointMismatchError, create_model
+from ..messages import listing
+from ..models import CheckpointMismatchError, create_model
+from ..models.loading import read_state_dict
 from ..provenance import provenance
-from .checkpoint import TRAINER_STATE, best_checkpoint, latest_checkpoint
+from ..training.checkpoint import TRAINER_STATE, best_checkpoint, check_tensors_only, latest_checkpoint
 from .distributed import restore_scalars
 from .models import MUSK_PREFIX, musk_weights
 
-__all__ = ["export_weights", "find_checkpoint", "load_musk_for_training", "musk_state_from_checkpoint"]
+__all__ = ["export_weights", "find_checkpoint", "is_training_output", "musk_state_from_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +48,50 @@ def find_checkpoint(source: str | os.PathLike) -> Path:
     return found
 
 
+def is_training_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a pretraining run's output folder or one of its checkpoints."""
+    folder = Path(path)
+    return folder.is_dir() and ((folder / "checkpoints").is_dir() or (folder / TRAINER_STATE).is_file())
+
+
+class _ShardIndexReader(pickle.Unpickler):
+    """Reads the index (``.metadata``) of a torch.distributed.checkpoint folder, which torch unpickles without
+    restriction, allowing only the classes such an index holds."""
+
+    ALLOWED = {
+        "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "ChunkStorageMetadata", "StorageMeta",
+                                                  "TensorStorageMetadata", "BytesStorageMetadata", "TensorProperties",
+                                                  "_MEM_FORMAT_ENCODING"},
+        "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+        "torch.serialization": {"_get_layout"},
+        "torch": {"Size"},
+        "pathlib": {"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if not dtype and name not in self.ALLOWED.get(module, ()):
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _check_shard_index(folder: Path) -> None:
+    index = folder / ".metadata"
+    try:
+        with open(index, "rb") as f:
+            _ShardIndexReader(f).load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder} has no .metadata: it is not a complete sharded checkpoint") from None
+    except Exception as e:  # noqa: BLE001 - whatever the reason, the index is not read further
+        raise ValueError(f"{index} is not a plain checkpoint index ({e}): it is not loaded, as loading it could "
+                         f"run code. Use only checkpoints this package wrote") from None  # fmt: skip
+
+
 def _load_sharded(folder: Path) -> dict[str, torch.Tensor]:
     """The whole state dict of an FSDP ``SHARDED_STATE_DICT`` checkpoint, merged in this process."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    _check_shard_index(folder)
     with tempfile.TemporaryDirectory() as tmp:
         merged = Path(tmp) / "merged.pt"
         dcp_to_torch_save(folder, merged)
@@ -57,13 +102,11 @@ def _load_sharded(folder: Path) -> dict[str, torch.Tensor]:
 def musk_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The ``musk.*`` tensors of a training checkpoint, renamed to the published keys."""
     checkpoint = find_checkpoint(checkpoint)
-    files = [checkpoint / n for n in _MODEL_FILES if (checkpoint / n).is_file()]
+    files = [checkpoint / n for n in (*_MODEL_FILES, _DEEPSPEED) if (checkpoint / n).is_file()]
     if files:
         path = files[0]
-        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
-    elif (checkpoint / _DEEPSPEED).is_file():
-        path = checkpoint / _DEEPSPEED
-        state = torch.load(path, map_location="cpu", weights_only=True)["module"]
+        check_tensors_only(path)
+        state = read_state_dict(path, model_key="module" if path == checkpoint / _DEEPSPEED else "")
     else:
         path = checkpoint / _SHARDED
         state = _load_sharded(path)
@@ -102,8 +145,9 @@ def export_weights(
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
         raise CheckpointMismatchError(
-            f"{checkpoint} does not fit {model}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shapes {wrong[:5]}; pass the run's architecture as model="
+            f"{checkpoint} does not fit {model}: missing {listing(missing, 5) or 'none'}, unexpected "
+            f"{listing(unexpected, 5) or 'none'}, wrong shapes {listing(wrong, 5) or 'none'}; pass the run's "
+            f"architecture as model="
         )
     state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}
     output = Path(output)
@@ -112,15 +156,3 @@ def export_weights(
                output), "parameters": sum(v.numel() for v in state.values())})  # fmt: skip
     logger.info("exported %d tensors of %s from %s to %s", len(state), model, checkpoint, output)
     return output
-
-
-def load_musk_for_training(weights: str | os.PathLike | None, model: str, **kwargs) -> MUSK:
-    """A MUSK in train mode: random (None), from a training run or checkpoint folder (stage 1 -> stage 2),
-    or from published-layout weights (any source ``create_model`` takes)."""
-    if weights is not None and Path(weights).is_dir():
-        folder = Path(weights)
-        if (folder / "checkpoints").is_dir() or (folder / TRAINER_STATE).is_file():
-            musk = create_model(model, **kwargs)
-            musk.load_state_dict(restore_scalars(musk_state_from_checkpoint(folder), musk.state_dict()), strict=True)
-            return musk.train()
-    return create_model(model, pretrained=weights, **kwargs).train()

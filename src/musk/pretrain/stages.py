@@ -9,32 +9,33 @@ started from stage 1) -> :func:`musk.pretrain.export.export_weights`.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import timm
 import torch
 from torch import nn
 
-from ..tokenizer import get_tokenizer
+from ..settings import pick
+from ..tokenizer import checked_tokenizer_path
 from .augment import PretrainAugment
-from .batching import BatchStream
+from .batching import MicroBatches
 from .collate import ImageBatchMaker, PairBatchMaker, TextBatchMaker, TextWindows
 from .config import ContrastiveConfig, MimConfig, RunConfig, TokenizerConfig
 from .data import TextSource, image_source, pair_source
 from .distributed import is_sharded
 from .engine import StageSetup, TrainResult, train_stage
-from .export import load_musk_for_training
 from .masking import BlockMaskGenerator, WholeWordMasker, word_start_table
 from .models import ContrastiveModel, MaskedModellingModel
 from .objectives import StepContext, share
 from .retrieval import SELECTION_METRICS, RetrievalEvaluator
+from .start import starting_point
 from .vqkd import VQKD, VQKDConfig, load_visual_tokenizer, save_visual_tokenizer
 
 __all__ = ["build_teacher", "train_contrastive", "train_mim", "train_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
-#: Stream ids: each stream's random choices are seeded apart from the others'.
+#: Source ids: each data source's random choices are seeded apart from the others'.
 _IMAGES, _TEXTS, _PAIRS = 1, 2, 3
 
 
@@ -46,9 +47,9 @@ def _augment(config: RunConfig, size: int, train: bool = True) -> PretrainAugmen
     )  # fmt: skip
 
 
-def _stream(config: RunConfig, source, maker, batch: int, stream_id: int, positions, rank, world, **kw):
-    return BatchStream(source, maker, batch, seed=config.seed, stream_id=stream_id, rank=rank, world=world,
-                       grad_accum=config.grad_accum, start=positions.get(kw.pop("name")), **kw)  # fmt: skip
+def _batches(config: RunConfig, source, maker, batch: int, source_id: int, positions, rank, world, **kw):
+    return MicroBatches(source, maker, batch, seed=config.seed, source_id=source_id, rank=rank, world=world,
+                        grad_accum=config.grad_accum, start=positions.get(kw.pop("name")), **kw)  # fmt: skip
 
 
 def _text_masker(tokenizer, ratio: float) -> WholeWordMasker:
@@ -115,18 +116,17 @@ def train_tokenizer(config: TokenizerConfig) -> TrainResult:
             raise ValueError("stage 0 (the visual tokenizer) runs on one process or under DDP, not FSDP: launch it "
                              "with a multi-GPU config such as docs/accelerate/8gpu.yaml")  # fmt: skip
         teacher = build_teacher(config.teacher, config.teacher_weights, config.img_size, config.teacher_args)
-        architecture = {f.name: getattr(config, f.name) for f in fields(VQKDConfig) if f.name != "teacher_dim"}
-        vq_config = VQKDConfig(**architecture, teacher_dim=teacher.num_features)
+        vq_config = pick(VQKDConfig, config, teacher_dim=teacher.num_features)
         model = holder["model"] = _TokenizerTraining(VQKD(vq_config))
         source = image_source(config.images, config.shuffle_buffer)
         maker = ImageBatchMaker(_augment(config, config.img_size))
 
-        def streams(positions, rank, world):
-            return {"images": _stream(config, source, maker, config.batch_size, _IMAGES, positions, rank, world,
-                                      name="images")}  # fmt: skip
+        def batches(positions, rank, world):
+            return {"images": _batches(config, source, maker, config.batch_size, _IMAGES, positions, rank, world,
+                                       name="images")}  # fmt: skip
 
         targets = _TeacherTargets(teacher, accelerator.device)
-        return StageSetup(model, streams, config.batch_size, _sized(source), targets,
+        return StageSetup(model, batches, config.batch_size, _sized(source), targets,
                           {"visual_tokenizer": asdict(vq_config)})  # fmt: skip
 
     result = train_stage(config, build, "tokenizer")
@@ -142,11 +142,13 @@ def train_mim(config: MimConfig) -> TrainResult:
         raise ValueError("stage 1 needs both images and texts (set images and texts)")
     if config.visual_tokenizer is None:
         raise ValueError("set visual_tokenizer: the output folder of `musk pretrain tokenizer` (stage 0)")
+    if config.tokenizer is not None:
+        checked_tokenizer_path(config.tokenizer)
 
     def build(accelerator) -> StageSetup:
-        tokenizer = get_tokenizer(config.tokenizer)
         visual = load_visual_tokenizer(config.visual_tokenizer, accelerator.device)
-        musk = load_musk_for_training(config.weights, config.model, drop_path_rate=config.drop_path)
+        start = starting_point(config.weights, config.model, config.tokenizer, drop_path_rate=config.drop_path)
+        musk, tokenizer = start.musk, start.tokenizer
         model = MaskedModellingModel(musk, visual.config.codebook_size)
         masks = BlockMaskGenerator.from_ratio(
             musk.config.grid_size, config.mask_ratio, min_block=config.min_block, max_block=config.max_block
@@ -158,12 +160,12 @@ def train_mim(config: MimConfig) -> TrainResult:
                                     tokenizer.pad_token_id)  # fmt: skip
         windows = TextWindows(tokenizer, config.max_len, config.min_tokens)
 
-        def streams(positions, rank, world):
+        def batches(positions, rank, world):
             return {
-                "images": _stream(config, images, image_maker, config.batch_size, _IMAGES, positions, rank, world,
-                                  name="images"),
-                "texts": _stream(config, texts, text_maker, config.text_batch_size, _TEXTS, positions, rank, world,
-                                 name="texts", expand=windows),
+                "images": _batches(config, images, image_maker, config.batch_size, _IMAGES, positions, rank, world,
+                                   name="images"),
+                "texts": _batches(config, texts, text_maker, config.text_batch_size, _TEXTS, positions, rank, world,
+                                  name="texts", expand=windows),
             }  # fmt: skip
 
         def prepare(batch: dict) -> dict:
@@ -171,8 +173,8 @@ def train_mim(config: MimConfig) -> TrainResult:
                 batch["codes"] = visual.encode(batch["images"].float())
             return batch
 
-        return StageSetup(model, streams, config.batch_size, _sized(images), prepare,
-                          {"visual_tokenizer": str(config.visual_tokenizer)})  # fmt: skip
+        return StageSetup(model, batches, config.batch_size, _sized(images), prepare,
+                          {"visual_tokenizer": str(config.visual_tokenizer)}, weights=start.weights)  # fmt: skip
 
     return train_stage(config, build, "mim")
 
@@ -183,10 +185,12 @@ def train_contrastive(config: ContrastiveConfig) -> TrainResult:
     ``mlm_weight`` x the caption decoder's MLM loss; starts from ``weights`` (stage 1)."""
     if not config.pairs:
         raise ValueError("no pairs: set pairs (a CSV/JSONL table or WebDataset shards)")
+    if config.tokenizer is not None:
+        checked_tokenizer_path(config.tokenizer)
 
     def build(accelerator) -> StageSetup:
-        tokenizer = get_tokenizer(config.tokenizer)
-        musk = load_musk_for_training(config.weights, config.model, drop_path_rate=config.drop_path)
+        start = starting_point(config.weights, config.model, config.tokenizer, drop_path_rate=config.drop_path)
+        musk, tokenizer = start.musk, start.tokenizer
         model = ContrastiveModel(musk, config.decoder_depth, config.mlm_weight)
         pairs = pair_source(config.pairs, config.shuffle_buffer, image_key=config.image_key,
                             caption_key=config.caption_key)  # fmt: skip
@@ -194,9 +198,9 @@ def train_contrastive(config: ContrastiveConfig) -> TrainResult:
                                _text_masker(tokenizer, config.text_mask_ratio), word_start_table(tokenizer),
                                config.max_len)  # fmt: skip
 
-        def streams(positions, rank, world):
-            return {"pairs": _stream(config, pairs, maker, config.batch_size, _PAIRS, positions, rank, world,
-                                     name="pairs")}  # fmt: skip
+        def batches(positions, rank, world):
+            return {"pairs": _batches(config, pairs, maker, config.batch_size, _PAIRS, positions, rank, world,
+                                      name="pairs")}  # fmt: skip
 
         evaluate = None
         if config.eval_pairs:
@@ -205,7 +209,7 @@ def train_contrastive(config: ContrastiveConfig) -> TrainResult:
             held_out = pair_source(config.eval_pairs, config.shuffle_buffer, image_key=config.image_key,
                                    caption_key=config.caption_key)  # fmt: skip
             evaluate = RetrievalEvaluator(held_out, tokenizer, musk.config.img_size, config.max_len)
-        return StageSetup(model, streams, config.batch_size, _sized(pairs), evaluate=evaluate,
-                          select_by=config.select_by, cache_features=True)  # fmt: skip
+        return StageSetup(model, batches, config.batch_size, _sized(pairs), evaluate=evaluate,
+                          select_by=config.select_by, cache_features=True, weights=start.weights)  # fmt: skip
 
     return train_stage(config, build, "contrastive")

@@ -20,7 +20,7 @@ from torch import nn
 from ..files import atomic_path, write_safetensors
 from .objectives import ObjectiveOutput, world
 
-__all__ = ["EMACodebook", "VQKD", "VQKDConfig", "load_visual_tokenizer", "save_visual_tokenizer"]
+__all__ = ["EMACodebook", "VQKD", "VQKDArchitecture", "VQKDConfig", "load_visual_tokenizer", "save_visual_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,11 @@ WEIGHTS_FILE = "visual_tokenizer.safetensors"
 CONFIG_FILE = "visual_tokenizer.json"
 
 
-@dataclass(frozen=True)
-class VQKDConfig:
+@dataclass
+class VQKDArchitecture:
+    """What a user chooses of a visual tokenizer (stage 0's settings include these): the encoder, the codebook
+    and its moving averages, the decoder."""
+
     img_size: int = 224
     patch_size: int = 16
     encoder_dim: int = 768
@@ -38,10 +41,17 @@ class VQKDConfig:
     decoder_depth: int = 3
     codebook_size: int = 8192
     code_dim: int = 32
-    teacher_dim: int = 1024
     ema_decay: float = 0.99
     commitment: float = 0.25
     dead_code_threshold: float = 1e-3
+
+
+@dataclass
+class VQKDConfig(VQKDArchitecture):
+    """A visual tokenizer's whole configuration: its architecture and the width of the teacher's features it
+    regresses (saved in ``visual_tokenizer.json``)."""
+
+    teacher_dim: int = 1024
 
 
 def _all_reduce(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 The rule every training loop of the package follows (inference casts the weights instead: see
 :mod:`musk.runtime`). fp16 has too few exponent bits for small gradients, so its loss is scaled up before
 ``backward`` and the gradients scaled back down before the optimiser step; steps whose gradients overflowed are
-skipped. bf16 needs no scaling.
+skipped. bf16 needs no scaling. The loops accelerate runs (VQA training, pretraining) follow the same rule
+through accelerate's mixed precision.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import torch
 
 from ..runtime import PRECISIONS, inference_dtype
 
-__all__ = ["TrainingPrecision"]
+__all__ = ["ACCELERATE_PRECISIONS", "TrainingPrecision"]
+
+#: ``--precision`` of the loops accelerate runs (VQA training, pretraining): accelerate's mixed precision, the
+#: same rule. ``auto`` (bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU) is kept there for
+#: compatibility with earlier versions (:func:`musk.runtime.accelerate_mixed_precision`).
+ACCELERATE_PRECISIONS = ("auto", *PRECISIONS)
 
 
 class TrainingPrecision:

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from ..images import ImageLoadError, load_image, to_rgb
 from ..jsonl import numbered_json_lines
+from ..messages import listing
 from ..tokenizer import MuskTokenizer
 from .answers import AnswerVocab, question_type
 
@@ -146,7 +147,8 @@ def load_examples(path: str | os.PathLike) -> list[VQAExample]:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ValueError(
-            f"{path} lacks the column(s) {missing}; it has {sorted(columns)}, needs {list(REQUIRED_COLUMNS)}"
+            f"{path} lacks the column(s) {missing}; it has {listing(columns, sort=True)}, needs "
+            f"{list(REQUIRED_COLUMNS)}"
         )
     examples = []
     for n, (where, row) in enumerate(rows):
@@ -158,8 +160,7 @@ def load_examples(path: str | os.PathLike) -> list[VQAExample]:
         examples.append(VQAExample(_image_field(row.get("image"), path.parent, where), question, answer, qtype, ident))
     absent = sorted({e.image for e in examples if isinstance(e.image, str) and not os.path.isfile(e.image)})
     if absent:
-        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
-        raise FileNotFoundError(f"{path}: {len(absent)} image file(s) not found: {shown}")
+        raise FileNotFoundError(f"{path}: {len(absent)} image file(s) not found: {listing(absent, 5)}")
     return examples
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections import defaultdict
@@ -10,9 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from ..files import atomic_path
+from ..tables import write_csv
 from .answers import is_closed, normalize_answer
 from .data import VQAExample
 from .predict import predict
@@ -77,15 +74,10 @@ def compute_metrics(examples: Sequence[VQAExample], predictions: Sequence[str], 
 
 
 def evaluate_vqa(
-    saved: SavedVQA,
-    examples: Sequence[VQAExample],
-    batch_size: int = 32,
-    num_workers: int = 0,
-    precision: torch.dtype | None = None,
-    progress: bool = False,
+    saved: SavedVQA, examples: Sequence[VQAExample], batch_size: int = 32, num_workers: int = 0, progress: bool = False
 ) -> VQAReport:
-    """Answer every example with ``saved`` and score the answers (:func:`compute_metrics`)."""
-    result = predict(saved, examples, batch_size, num_workers, precision, progress)
+    """Answer every example with ``saved`` (in its precision) and score the answers (:func:`compute_metrics`)."""
+    result = predict(saved, examples, batch_size, num_workers, progress)
     answers = [saved.vocab.answer(int(i)) for i in result.indices]
     metrics = compute_metrics(examples, answers, known=set(saved.vocab.answers))
     if metrics["unknown_answers"]:
@@ -109,24 +101,12 @@ def _fmt(value: float | None) -> str:
 
 
 def write_predictions_csv(path: str | os.PathLike, report: VQAReport) -> Path:
-    """One row per question: id, image, question, type, closed, answer, prediction, probability, correct."""
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(PREDICTION_COLUMNS)
-        for e, pred, prob in zip(report.examples, report.predictions, report.probabilities, strict=True):
-            ok = normalize_answer(pred) == normalize_answer(e.answer)
-            writer.writerow(
-                [
-                    e.id,
-                    e.image_name,
-                    e.question,
-                    e.question_type,
-                    int(is_closed(e.answer)),
-                    e.answer,
-                    pred,
-                    f"{prob:.4f}",
-                    int(ok),
-                ]
-            )
-    return path
+    """One row per question: id, image, question, type, closed, answer, prediction, probability, correct
+    (text that a spreadsheet would run as a formula is neutralised: :mod:`musk.tables`)."""
+    rows = (
+        [e.id, e.image_name, e.question, e.question_type, int(is_closed(e.answer)), e.answer, pred, f"{prob:.4f}",
+         int(normalize_answer(pred) == normalize_answer(e.answer))]
+        for e, pred, prob in zip(report.examples, report.predictions, report.probabilities, strict=True)
+    )  # fmt: skip
+    write_csv(path, PREDICTION_COLUMNS, rows)
+    return Path(path)

@@ -28,24 +28,13 @@ class Predictions:
     probabilities: torch.Tensor
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None or dtype == torch.float32:
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=dtype)
-
-
 @torch.inference_mode()
 def predict(
-    saved: SavedVQA,
-    examples: Sequence[VQAExample],
-    batch_size: int = 32,
-    num_workers: int = 0,
-    precision: torch.dtype | None = None,
-    progress: bool = False,
+    saved: SavedVQA, examples: Sequence[VQAExample], batch_size: int = 32, num_workers: int = 0, progress: bool = False
 ) -> Predictions:
-    """The model's answer to every example, in order."""
+    """The model's answer to every example, in order (in the model's precision: see :func:`load_vqa_model`)."""
     model = saved.model.eval()
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
     loader = DataLoader(
         VQADataset(examples, saved.transform, saved.vocab),
         batch_size=batch_size,
@@ -54,8 +43,8 @@ def predict(
     )
     indices, probabilities = [], []
     for batch in tqdm(loader, desc="answering", disable=not progress):
-        with _autocast(device, precision):
-            logits = model(batch["images"].to(device), batch["ids"].to(device), batch["padding_mask"].to(device))
+        images = batch["images"].to(weight.device, weight.dtype)
+        logits = model(images, batch["ids"].to(weight.device), batch["padding_mask"].to(weight.device))
         p, i = logits.float().softmax(-1).max(-1)
         indices.append(i.cpu())
         probabilities.append(p.cpu())
@@ -78,9 +67,9 @@ def answer_question(
         raise ValueError("the question is empty")
     saved = model if isinstance(model, SavedVQA) else load_vqa_model(model, device=device)
     net = saved.model.eval()
-    dev = next(net.parameters()).device
-    pixels = saved.transform(load_image(image)).unsqueeze(0).to(dev)
+    weight = next(net.parameters())
+    pixels = saved.transform(load_image(image)).unsqueeze(0).to(weight.device, weight.dtype)
     ids, padding_mask = saved.tokenizer([question], max_length=saved.max_question_length)
-    probs = net(pixels, ids.to(dev), padding_mask.to(dev)).float().softmax(-1)[0]
+    probs = net(pixels, ids.to(weight.device), padding_mask.to(weight.device)).float().softmax(-1)[0]
     values, indices = probs.topk(min(top_k, len(saved.vocab)))
     return [(saved.vocab.answer(int(i)), float(v)) for v, i in zip(values, indices, strict=True)]

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..pretrain.checkpoint import latest_checkpoint
+from ..models import PUBLISHED
+from ..models.registry import published_source
+from ..training.checkpoint import latest_checkpoint
 from .data import VQAExample
 
 __all__ = ["CHECKPOINTS", "HISTORY_FILENAME", "PreviousRun", "clear_run", "find_previous_run", "run_key"]
@@ -32,8 +34,12 @@ _NOT_IN_KEY = frozenset(
 
 
 def run_key(config, train: Sequence[VQAExample], validation: Sequence[VQAExample] | None) -> str:
-    """Hash of ``config``'s model-changing settings and of the examples (image, question, answer) of both splits."""
+    """Hash of ``config``'s model-changing settings and of the examples (image, question, answer) of both splits.
+
+    ``published`` weights count as their source (``hf_hub:...``), which earlier versions wrote as the default."""
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_KEY}
+    if settings.get("weights") == PUBLISHED:
+        settings["weights"] = published_source(config.model) or PUBLISHED
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for examples in (train, validation or ()):
         digest.update(b"\0split")

@@ -25,8 +25,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ..files import atomic_dir, write_safetensors
+from ..messages import listing
 from ..models import MUSK, CheckpointMismatchError, MuskConfig
-from ..tokenizer import MuskTokenizer, get_tokenizer
+from ..runtime import inference_dtype
+from ..tokenizer import MuskTokenizer, checked_tokenizer_path, get_tokenizer
 from ..transforms import get_transform
 from .answers import VOCAB_FILENAME, AnswerVocab
 from .model import MuskVQA
@@ -45,7 +47,8 @@ _PREPROCESSING_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "
 
 @dataclass
 class SavedVQA:
-    """A loaded VQA model with everything needed to answer: vocabulary, tokenizer, image transform."""
+    """A loaded VQA model with everything needed to answer: vocabulary, tokenizer, image transform; and the
+    weights file it came from (for the provenance of its answers)."""
 
     model: MuskVQA
     vocab: AnswerVocab
@@ -53,6 +56,7 @@ class SavedVQA:
     transform: Callable[[Image.Image], torch.Tensor]
     max_question_length: int
     config: dict
+    weights_file: Path | None = None
 
 
 def save_vqa_model(
@@ -104,11 +108,16 @@ def load_vqa_model(
     directory: str | os.PathLike,
     device: str | torch.device = "cpu",
     tokenizer: str | os.PathLike | None = None,
+    precision: str = "fp32",
 ) -> SavedVQA:
     """Load a directory written by :func:`save_vqa_model` (or a training output folder: its ``best`` model).
 
-    ``tokenizer`` overrides the directory's own ``tokenizer.spm``.
+    ``tokenizer`` overrides the directory's own ``tokenizer.spm``. ``precision``: the inference rule of
+    :mod:`musk.runtime` (the weights, and the images given to them, cast to fp32, fp16 or bf16).
     """
+    dtype = inference_dtype(precision)
+    if tokenizer is not None:
+        tokenizer = checked_tokenizer_path(tokenizer)
     directory = _model_dir(Path(directory).expanduser())
     needed = {
         WEIGHTS_FILENAME: "the weights",
@@ -146,10 +155,10 @@ def load_vqa_model(
         lacking, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise CheckpointMismatchError(
             f"{directory / WEIGHTS_FILENAME} does not fit the saved config: "
-            f"missing {lacking[:8]}, unexpected {extra[:8]}"
+            f"missing {listing(lacking, 8) or 'none'}, unexpected {listing(extra, 8) or 'none'}"
         )
     model.load_state_dict(state, strict=True, assign=True)
-    model = model.to(device).eval()
+    model = model.to(device=device, dtype=dtype).eval()
     return SavedVQA(
         model=model,
         vocab=vocab,
@@ -157,4 +166,5 @@ def load_vqa_model(
         transform=get_transform(backbone),
         max_question_length=int(config["max_question_length"]),
         config=config,
+        weights_file=directory / WEIGHTS_FILENAME,
     )
