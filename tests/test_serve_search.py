@@ -20,11 +20,10 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("openslide")
 
-from musk.search import open_index  # noqa: E402
-from musk.serve.slides import SlideNotFound, SlideTiles  # noqa: E402
-
 from musk import load  # noqa: E402
 from musk.cli import main  # noqa: E402
+from musk.search import open_index  # noqa: E402
+from musk.serve.slides import SlideNotFound, SlideTiles  # noqa: E402
 from serve_process import TINY, ServiceProcess, build_test_index, tiny_service_args  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
