@@ -5,9 +5,10 @@
     python benchmarks/serve.py --index INDEX_DIR ...             # + text-search latency through the service
     python benchmarks/serve.py --vectors 1000000 --tokenizer tokenizer.spm   # ... on a random 1 M-vector index
 
-1. Image embedding throughput through the service (8 concurrent clients, base64 PNGs over loopback HTTP) against
-   direct ``embed_images`` calls on the same images as files, in this process, in the same run: the ratio is the
-   service's efficiency.
+1. Image embedding throughput through the service (8 concurrent clients, base64 JPEG or PNG files over loopback
+   HTTP) against direct ``embed_images`` calls on the same images as files, in this process, in interleaved
+   rounds of the same run: the median ratio is the service's efficiency. The clients share the machine's cores
+   with the service, as they would not in use.
 2. With ``--index``: p50/p95 latency of a text search through the service (one client at a time).
 3. Overload: requests offered at 4x the measured capacity for a bounded time; the answers' status codes (only
    200, 429 and 503 are acceptable) and the service's health afterwards.
@@ -54,22 +55,25 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vectors", type=int, default=0, help="without --index: build an index of this many random vectors")
     p.add_argument("--images", type=int, default=512, help="images embedded per measurement")
     p.add_argument("--image_size", type=int, default=224, help="side of the PNGs sent")
+    p.add_argument("--format", choices=("jpeg", "png"), default="jpeg", help="files sent (patches are JPEG in slides)")
     p.add_argument("--per_request", type=int, default=4, help="images per request")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=32, help="direct batch size = the service's --max_batch")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved direct/service measurements")
     p.add_argument("--searches", type=int, default=200)
     p.add_argument("--overload_s", type=float, default=10.0, help="seconds of 4x overload (0: none)")
     return p.parse_args()
 
 
-def make_images(count: int, side: int, folder: Path) -> list[Path]:
-    """PNG files of smooth random colour fields (compress like tissue, unlike white noise)."""
+def make_images(count: int, side: int, folder: Path, suffix: str) -> list[Path]:
+    """Image files (``.png`` or ``.jpg``, quality 90) of smooth random colour fields (they compress like tissue,
+    unlike white noise)."""
     rng = np.random.default_rng(0)
     paths = []
     for i in range(count):
         small = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
-        path = folder / f"img{i:05d}.png"
-        Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC).save(path)
+        path = folder / f"img{i:05d}{suffix}"
+        Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC).save(path, quality=90)
         paths.append(path)
     return paths
 
@@ -191,7 +195,7 @@ def cpu_seconds(pid: int) -> float:
 def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="musk-serve-bench-") as tmp:
-        paths = make_images(args.images, args.image_size, Path(tmp))
+        paths = make_images(args.images, args.image_size, Path(tmp), ".jpg" if args.format == "jpeg" else ".png")
         encoded = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in paths]
         chunks = [encoded[i : i + args.per_request] for i in range(0, len(encoded), args.per_request)]
         bodies = [(len(c), json.dumps({"model": args.model, "input": c}).encode()) for c in chunks]  # encoded once
@@ -207,24 +211,28 @@ def main() -> None:
 
 
 def run_measurements(args, lm, paths, bodies, url, pid: int) -> None:
-    print(f"{args.model} on {args.device}, {len(paths)} PNGs of {args.image_size} px, {os.cpu_count()} CPUs")
-    cpu = time.process_time()
-    direct = direct_rate(lm, paths, args.batch_size)
-    direct_cpu = (time.process_time() - cpu) / (len(paths) + args.batch_size)
-    cpu = cpu_seconds(pid)
-    print(f"direct embed_images: {direct:8.1f} images/s, {1000 * direct_cpu:.2f} CPU ms/image")
-    served = service_rate(url, bodies, args.clients)
-    served_cpu = (cpu_seconds(pid) - cpu) / (len(paths) + args.per_request)
-    print(f"service, {args.clients} clients x {args.per_request} images/request: {served:8.1f} images/s, "
-          f"{1000 * served_cpu:.2f} CPU ms/image in the service process")  # fmt: skip
-    ratio = f"{served / direct:.1%} of the throughput, {direct_cpu / served_cpu:.1%} of the CPU efficiency"
-    print(f"service / direct: {ratio}")
+    size = sum(p.stat().st_size for p in paths) / len(paths) / 1024
+    print(f"{args.model} on {args.device}, {len(paths)} {args.format.upper()} files of {args.image_size} px "
+          f"({size:.0f} KiB each), {os.cpu_count()} CPUs")  # fmt: skip
+    ratios, served = [], []
+    for round_ in range(args.rounds):  # interleaved: a change in the machine's load hits both sides
+        cpu = time.process_time()
+        direct = direct_rate(lm, paths, args.batch_size)
+        direct_cpu = (time.process_time() - cpu) / (len(paths) + args.batch_size)
+        cpu = cpu_seconds(pid)
+        served.append(service_rate(url, bodies, args.clients))
+        served_cpu = (cpu_seconds(pid) - cpu) / (len(paths) + args.per_request)
+        ratios.append(served[-1] / direct)
+        print(f"round {round_ + 1}: direct embed_images {direct:7.1f} images/s ({1000 * direct_cpu:.2f} CPU ms/image); "
+              f"service, {args.clients} clients x {args.per_request} images/request, {served[-1]:7.1f} images/s "
+              f"({1000 * served_cpu:.2f} CPU ms/image in its process): {ratios[-1]:.1%}")  # fmt: skip
+    print(f"service / direct throughput: median {statistics.median(ratios):.1%} over {args.rounds} rounds")
     if args.index:
         p50, p95 = search_latency(url, args.searches)
         print(f"text search through the service, {args.vectors or 'the index'} vectors: p50 {p50:.1f} ms, "
               f"p95 {p95:.1f} ms ({args.searches} queries, one at a time)")  # fmt: skip
     if args.overload_s > 0:
-        overload_report(url, bodies, served / args.per_request, args.overload_s)
+        overload_report(url, bodies, statistics.median(served) / args.per_request, args.overload_s)
 
 
 def overload_report(url: str, bodies: list[tuple[int, bytes]], capacity: float, seconds: float) -> None:

@@ -33,7 +33,7 @@ class ApiKey:
     def required(self) -> bool:
         return self._key is not None
 
-    def __call__(self, request: Request) -> None:
+    async def __call__(self, request: Request) -> None:  # async: no worker thread per request
         if self._key is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")

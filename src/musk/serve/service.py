@@ -69,8 +69,9 @@ def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
-def ready_engine(request: Request) -> Engine:
-    """A route dependency: the engine, or 503 while the model loads."""
+async def ready_engine(request: Request) -> Engine:
+    """A route dependency: the engine, or 503 while the model loads (async: FastAPI would run a plain function
+    in a worker thread, a thread hop per request)."""
     engine = service_of(request).engine
     if engine is None:
         raise Unavailable(503, "the model is still loading; retry shortly (GET /readyz says when it is ready)")
