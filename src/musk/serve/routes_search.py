@@ -54,7 +54,7 @@ async def search(body: SearchRequest, request: Request, engine: ReadyEngine) -> 
     hits = await anyio.to_thread.run_sync(
         lambda: index.search_vector(vector, body.k, body.per_slide, filters, body.exclude_case)
     )
-    return SearchResponse(hits=[asdict(hit) for hit in hits])
+    return SearchResponse(hits=hits)
 
 
 @router.post("/search/slides", summary="Slides ranked by a text (several texts: per-class slide scores)",

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..search.records import Hit
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -79,19 +81,8 @@ class SearchRequest(Strict):
     templates: list[str] | None = Field(None, description="prompt templates for a text query")
 
 
-class Hit(BaseModel):
-    rank: int
-    slide: str
-    x: int
-    y: int
-    patch_size: int
-    score: float
-    case: str | None = None
-    label: str | None = None
-
-
 class SearchResponse(BaseModel):
-    hits: list[Hit]
+    hits: list[Hit]  # musk.search's own record: the service answers what `musk search` writes
 
 
 class SlideSearchRequest(Strict):
