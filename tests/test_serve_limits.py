@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
 
 import httpx
 import numpy as np
@@ -130,3 +132,15 @@ def test_weights_that_cannot_load_stop_the_service_with_one_line(tmp_path, capsy
 def test_a_folder_that_is_no_index_is_refused_before_serving(tmp_path, capsys):
     assert main(["serve", "--port", "0", "--index", str(tmp_path), "--model", TINY, "--weights", "none"]) == 2
     assert "musk serve: error:" in capsys.readouterr().err
+
+
+def test_an_idle_connection_outlives_a_clients_own_keep_alive(slow_service):
+    """A client (httpx: 5 s) or proxy lets an idle connection go before the service does; with equal timeouts the
+    service closes it as the client sends on it, and the client gets a reset instead of an answer."""
+    url = urlparse(slow_service.url)
+    request = f"GET /healthz HTTP/1.1\r\nHost: {url.hostname}\r\n\r\n".encode()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+        for pause in (0, 6):  # 6 s: past httpx's keep-alive expiry
+            time.sleep(pause)
+            conn.sendall(request)
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200"), f"no answer on a connection idle for {pause} s"

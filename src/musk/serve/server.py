@@ -12,6 +12,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds in-flight requests get to finish after SIGTERM, beyond their own time limit.
 SHUTDOWN_GRACE_S = 5
+#: Seconds an idle connection is kept open. Longer than clients' own expiry (httpx: 5 s) and than a proxy's
+#: idle timeout (60 s is common), so that the client or proxy closes first. Equal timeouts race: the service
+#: closes a connection as a client sends on it, and the client gets a reset instead of an answer.
+KEEP_ALIVE_S = 75
 
 
 def serve(settings: ServeSettings) -> None:
@@ -27,6 +31,7 @@ def serve(settings: ServeSettings) -> None:
         port=settings.port,
         timeout_graceful_shutdown=int(settings.timeout_s + SHUTDOWN_GRACE_S),
         server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
         log_level="info",
     )
     server = uvicorn.Server(config)
