@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from .. import __version__
 from ..images import ImageLoadError
 from ..models import CheckpointMismatchError, WeightsUnavailableError
-from . import bench, embed, info, mil, pretrain, vqa, wsi, zeroshot
+from . import bench, embed, index, info, mil, pretrain, search, serve, vqa, wsi, zeroshot
 from .parser import MuskArgumentParser
 
-SUBCOMMANDS = (info, embed, zeroshot, vqa, wsi, bench, mil, pretrain)
+SUBCOMMANDS = (info, embed, zeroshot, vqa, wsi, bench, mil, pretrain, index, search, serve)
 #: Errors that are the user's to fix: reported in one line, exit status 2.
 USER_ERRORS = (
     WeightsUnavailableError,

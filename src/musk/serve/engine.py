@@ -1,0 +1,137 @@
+"""The model behind the routes: inputs decoded and preprocessed off the event loop, then batched on one worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import anyio
+import numpy as np
+import torch
+from PIL import Image
+
+from ..zeroshot import class_prompts
+from .batcher import Batcher, Closed, QueueFull
+from .errors import Unavailable
+from .images import decode_base64, open_image
+from .settings import ServeSettings
+
+T = TypeVar("T")
+
+#: Class embeddings kept for repeated zero-shot requests (a LIMS sends the same classes every time).
+CLASS_CACHE_SIZE = 64
+
+
+class Engine:
+    """One loaded model (``musk.load``'s object) serving every request through a :class:`Batcher`."""
+
+    def __init__(self, lm, settings: ServeSettings):
+        self.lm = lm
+        self.settings = settings
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queue=settings.max_queue,
+        )
+        self._decoders = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))
+        self._classes: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._in_flight = 0  # items admitted and not yet answered (changed on the event loop only)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.batcher.close(timeout)
+
+    @contextmanager
+    def admit(self, items: int) -> Iterator[None]:
+        """Room for a request's ``items`` from before they are decoded until they are answered: past
+        ``max_queue`` items in flight, 429 at once (so an overload is refused before it costs any work)."""
+        if self._in_flight + items > self.settings.max_queue:
+            raise Unavailable(429, f"the service is busy ({self._in_flight} items in flight); retry later")
+        self._in_flight += items
+        try:
+            yield
+        finally:
+            self._in_flight -= items
+
+    # ---- inputs ----------------------------------------------------------------------------------------
+    async def images(self, encoded: Sequence[str], field: str) -> list[torch.Tensor]:
+        """Base64 images -> preprocessed tensors (the model's own transform), decoded in worker threads: one
+        thread per CPU core at most for a request (a thread hop per image costs more than it saves)."""
+
+        def decode(first: int, texts: Sequence[str]) -> list[torch.Tensor]:
+            # One OpenMP thread in this worker (a per-thread setting): a team of its own would spin on the cores
+            # the model and the other decoders need.
+            torch.set_num_threads(1)
+            return [self.lm.transform(self._decode(text, f"{field}[{first + i}]")) for i, text in enumerate(texts)]
+
+        step = max(1, -(-len(encoded) // int(self._decoders.total_tokens)))
+        parts = [(first, encoded[first : first + step]) for first in range(0, len(encoded), step)]
+        done = await asyncio.gather(*(anyio.to_thread.run_sync(decode, *p, limiter=self._decoders) for p in parts))
+        return [tensor for part in done for tensor in part]
+
+    async def picture(self, encoded: str, field: str) -> Image.Image:
+        """A base64 image as an RGB PIL image, decoded in a worker thread."""
+        return await anyio.to_thread.run_sync(self._decode, encoded, field, limiter=self._decoders)
+
+    def _decode(self, encoded: str, what: str) -> Image.Image:
+        return open_image(decode_base64(encoded, what), self.settings.max_image_pixels, what)
+
+    # ---- model work -----------------------------------------------------------------------------------
+    async def embed_images(
+        self, tensors: list[torch.Tensor], *, with_head: bool, normalize: bool, ms_aug: bool
+    ) -> np.ndarray:
+        rows = await self._wait(self._submit(("image", with_head, normalize, ms_aug), tensors))
+        return np.asarray(rows)
+
+    async def embed_texts(self, texts: Sequence[str], *, with_head: bool, normalize: bool) -> np.ndarray:
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ValueError(f"input[{i}] is empty or blank")
+        rows = await self._wait(self._submit(("text", with_head, normalize), list(texts)))
+        return np.asarray(rows)
+
+    async def class_vectors(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """(C, D) class embeddings of a prompt ensemble, computed once per classes and templates."""
+        class_prompts(class_names, templates)  # bad names or templates: 400 before the queue
+        key = (tuple(class_names), tuple(templates))
+        if key in self._classes:
+            self._classes.move_to_end(key)
+            return self._classes[key]
+        vectors = await self.call(lambda: self.lm.class_embeddings(list(class_names), list(templates)))
+        self._classes[key] = vectors
+        while len(self._classes) > CLASS_CACHE_SIZE:
+            self._classes.popitem(last=False)
+        return vectors
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the model's worker, between batches (for work that uses the model, such as a search)."""
+        return await self._wait(self._submit(None, fn))
+
+    def _run_batch(self, key: tuple, items: list) -> np.ndarray:
+        kind, with_head, normalize, *rest = key
+        options = {"with_head": with_head, "normalize": normalize, "batch_size": self.settings.max_batch}
+        if kind == "image":
+            return self.lm.embed_images(items, ms_aug=rest[0], streams=self.settings.streams, **options).vectors
+        return self.lm.embed_texts(items, **options)
+
+    def _submit(self, key: tuple | None, payload: Any) -> Future:
+        try:
+            if key is None:
+                return self.batcher.submit_call(payload)
+            return self.batcher.submit(key, payload)
+        except QueueFull as e:
+            raise Unavailable(429, f"the service is busy: {e}; retry later") from None
+        except Closed as e:
+            raise Unavailable(503, str(e)) from None
+
+    async def _wait(self, future: Future) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise Unavailable(503, f"the request was not answered within {self.settings.timeout_s:g} s") from None
