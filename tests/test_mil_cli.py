@@ -23,8 +23,10 @@ def _results(output_dir) -> dict:
 
 
 def _check_results(results: dict, names: set[str], folds: int) -> None:
-    assert set(results) == names
-    for summary in results.values():
+    assert set(results) == names | {"learned"}
+    assert set(results["learned"]) == {"learned", "folds", "message"} and len(results["learned"]["folds"]) == folds
+    for name in names:
+        summary = results[name]
         assert set(summary) == {"folds", "mean", "std"} and len(summary["folds"]) == folds
         assert summary["mean"] == pytest.approx(np.mean(summary["folds"]))
         assert summary["std"] == pytest.approx(np.std(summary["folds"], ddof=1))

@@ -133,6 +133,21 @@ def test_discrete_time_nll_by_hand():
     assert hazards_to_risk(logits).item() == pytest.approx(-(0.5 + 0.125 + 0.0625))
     edges = event_time_bins(np.array([1.0, 2, 3, 4, 100]), np.array([1, 1, 1, 1, 0]), 4)
     assert edges.tolist() == [1.75, 2.5, 3.25]
+    # PORPOISE's weight on events: a censored case counts 1 - alpha
+    weighted = discrete_time_nll(logits.repeat(2, 1), torch.tensor([1, 1]), torch.tensor([1, 0]), 0.4).item()
+    assert weighted == pytest.approx((event_in_bin_1 + 0.6 * censored_in_bin_1) / 2)
+
+
+def test_bin_hazards_start_at_the_cohorts_own():
+    from musk.mil.losses import bin_hazard_logits
+
+    times = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 9.0])
+    events = np.array([1, 0, 1, 1, 0, 1, 1, 0])
+    # edges 2 and 3.5: bins [0, 2) [2, 3.5) [3.5, inf); reached by 8, 6, 3 cases; events 1, 2, 2
+    hazards = 1 / (1 + np.exp(-bin_hazard_logits(times, events, np.array([2.0, 3.5]))))
+    np.testing.assert_allclose(hazards, [1 / 8, 2 / 6, 2 / 3])
+    clipped = 1 / (1 + np.exp(-bin_hazard_logits(times[:2], np.array([0, 0]), np.array([2.0, 3.5]))))
+    np.testing.assert_allclose(clipped, [0.01, 0.01, 0.01])
 
 
 def test_kaplan_meier_png_and_logrank_equal_lifelines(tmp_path):

@@ -40,6 +40,7 @@ def test_abmil_embedding_is_the_attention_weighted_patch_embedding():
 def test_fusion_uses_what_it_says(fusion):
     torch.manual_seed(0)
     model = MILModel(3, feature_dim=12, text_dim=5, fusion=fusion, hidden=8).eval()
+    torch.nn.init.normal_(model.head.weight)  # it starts at zero
     x, text = torch.randn(20, 12), torch.randn(5)
     out, weights = model(x if fusion != "text_only" else None, text if fusion != "none" else None)
     assert out.shape == (3,)
@@ -102,3 +103,68 @@ def test_attention_file_and_overlay(tmp_path):
     top_right, top_left = pixels[10, 48], pixels[10, 10]
     assert top_right[0] > 100 and top_right[1] < 30 and top_right[2] < 30  # highest: red end of the map
     assert top_left[2] > 100 and top_left[0] < 30 and top_left[1] < 30  # lowest: blue end
+
+
+def test_proportional_hazards_share_one_risk_and_survive_saving(tmp_path):
+    from musk.mil.losses import hazards_to_risk
+
+    torch.manual_seed(0)
+    model = MILModel(4, feature_dim=12, hidden=8, proportional=True).eval()
+    torch.nn.init.normal_(model.head.weight)  # it starts at zero: every case the same risk
+    model.set_output_bias(torch.tensor([-2.0, -1.0, 0.0, 1.0]))
+    bags = [torch.randn(n, 12) for n in (5, 9, 14)]
+    logits = torch.stack([model(x)[0] for x in bags])
+    assert logits.shape == (3, 4)
+    eta = logits[:, 0] + 2.0  # every bin's logit is one risk score plus the bin's intercept
+    torch.testing.assert_close(logits, eta[:, None] + torch.tensor([-2.0, -1.0, 0.0, 1.0]))
+    order = torch.argsort(eta)
+    assert torch.equal(torch.argsort(hazards_to_risk(logits)), order)  # the risk ranks cases as eta does
+    config = {"task": "survival", "classes": [], "out_dim": 4, "feature_dim": 12, "text_dim": None, "model": "abmil"}
+    config |= {"fusion": "none", "hidden": 8, "dropout": 0.25, "survival_loss": "nll", "proportional": True}
+    save_mil_model(model, tmp_path, config)
+    loaded = load_mil_models(tmp_path)[0].model
+    torch.testing.assert_close(torch.stack([loaded(x)[0] for x in bags]), logits)
+
+
+def test_linear_model_is_standardised_mean_features_and_refuses_gated_fusion():
+    model = MILModel(1, feature_dim=3, text_dim=2, model="linear", fusion="concat").eval()
+    with torch.no_grad():
+        model.aggregator.standardise.mean.copy_(torch.tensor([1.0, 0.0, 0.0]))
+        model.aggregator.standardise.scale.copy_(torch.tensor([2.0, 1.0, 1.0]))
+        model.head.weight.copy_(torch.tensor([[1.0, 2.0, 0.0, 0.5, 0.0]]))
+        model.head.bias.fill_(0.25)
+    x, text = torch.tensor([[3.0, 1.0, 5.0], [5.0, 3.0, -5.0]]), torch.tensor([2.0, 7.0])
+    out, weights = model(x, text)
+    # mean feature (4, 2, 0), standardised (1.5, 2, 0); report (2, 7)
+    assert out.item() == pytest.approx(1.5 + 2 * 2 + 0.5 * 2 + 0.25)
+    assert weights.tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="use fusion 'concat', not 'gated'"):
+        MILModel(1, feature_dim=3, text_dim=2, model="linear", fusion="gated")
+
+
+def test_a_standardising_model_applies_its_training_scale_everywhere_and_keeps_it(tmp_path):
+    """Patch features enter as (x - mean) / scale: in forward, in the attention drawn on heatmaps, after saving;
+    the head starts at zero, so every case starts with the same outputs."""
+    from musk.mil.heatmap import patch_attention
+
+    torch.manual_seed(0)
+    mean, scale = torch.linspace(-3, 3, 12), torch.linspace(0.5, 4, 12)
+    model = MILModel(2, feature_dim=12, hidden=8, standardise=True).eval()
+    bags = [mean + scale * torch.randn(n, 12) for n in (5, 9)]
+    assert torch.equal(model(bags[0])[0], model(bags[1])[0])  # zero head: only the bias
+    torch.nn.init.normal_(model.head.weight)
+    model.set_feature_scale(mean, scale)
+    plain = MILModel(2, feature_dim=12, hidden=8).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("feature_norm")})
+    for x in bags:
+        expected = plain((x - mean) / scale)
+        torch.testing.assert_close(model(x)[0], expected[0])
+        torch.testing.assert_close(model(x)[1], expected[1])
+    config = {"task": "classification", "classes": ["a", "b"], "out_dim": 2, "feature_dim": 12, "text_dim": None}
+    config |= {"model": "abmil", "fusion": "none", "hidden": 8, "dropout": 0.25, "standardise": True}
+    save_mil_model(model, tmp_path, config)
+    loaded = load_mil_models(tmp_path)
+    torch.testing.assert_close(loaded[0].model(bags[0])[0], model(bags[0])[0])
+    np.testing.assert_allclose(patch_attention(loaded, bags[1].numpy()), model(bags[1])[1].detach().numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="does not standardise"):
+        plain.set_feature_scale(mean, scale)

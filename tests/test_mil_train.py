@@ -114,8 +114,9 @@ def test_survival_with_a_known_hazard(tmp_path, loss):
     p = logrank_test(predictions.time[high], predictions.time[~high], predictions.event[high], predictions.event[~high])
     assert result.logrank_p == pytest.approx(p.p_value, rel=1e-6) and result.logrank_p < 0.01
     assert (tmp_path / "run" / "km.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(result.results) == {"c_index", "c_index_uno", "td_auc"}
-    assert all(result.results[m]["mean"] > 0.6 for m in result.results)
+    assert set(result.results) == {"c_index", "c_index_uno", "td_auc", "learned"}
+    assert all(result.results[m]["mean"] > 0.6 for m in ("c_index", "c_index_uno", "td_auc"))
+    assert result.results["learned"]["learned"]
 
 
 def test_fusion_uses_the_report_signal(tmp_path):

@@ -245,16 +245,18 @@ def test_case_retrieval_by_a_trained_mil_models_representation(lm, cohort, flat_
     folds = []
     for fold in range(2):
         torch.manual_seed(fold)
-        model = MILModel(out_dim=3, feature_dim=64, model="abmil", hidden=16).eval()
+        model = MILModel(out_dim=3, feature_dim=64, model="abmil", hidden=16, standardise=True).eval()
+        model.set_feature_scale(torch.randn(64), 0.5 + torch.rand(64))  # the training cases' scale, kept
         config = {"out_dim": 3, "feature_dim": 64, "text_dim": None, "model": "abmil", "fusion": "none",
-                  "hidden": 16, "dropout": 0.0, "task": "classification", "classes": ["a", "b", "c"]}  # fmt: skip
+                  "hidden": 16, "dropout": 0.0, "task": "classification", "classes": ["a", "b", "c"],
+                  "standardise": True}  # fmt: skip
         save_mil_model(model, tmp_path / "run" / f"fold_{fold}", config)
         folds.append(model)
     slides = _read_raw(cohort)
     vectors = {}
     with torch.no_grad():
         for name, features in slides.items():
-            parts = [m.aggregator(torch.from_numpy(features))[0].numpy().astype(np.float64) for m in folds]
+            parts = [m.aggregate(torch.from_numpy(features))[0].numpy().astype(np.float64) for m in folds]
             vectors[name] = np.concatenate([p / np.linalg.norm(p) for p in parts])
     case = {name: name.split("_")[0] for name in slides}
     query = "case05_A"

@@ -46,13 +46,17 @@ def _add_runtime(p: argparse.ArgumentParser, batch_size: int | None) -> None:
 
 
 def _add_train(commands) -> None:
-    from ..mil.fit import BALANCING
-    from ..mil.losses import SURVIVAL_LOSSES
+    from ..mil.fit import BALANCING, OPTIMIZERS, SELECTIONS
+    from ..mil.losses import HAZARDS, SURVIVAL_LOSSES
     from ..mil.manifest import TASKS
     from ..mil.models import AGGREGATORS, FUSIONS
-    from ..mil.train import MILTrainConfig
+    from ..mil.train import TASK_DEFAULTS, MILTrainConfig
 
     d = MILTrainConfig()
+
+    def by_task(name: str) -> str:
+        return "default: " + ", ".join(f"{values[name]} for {task}" for task, values in TASK_DEFAULTS.items())
+
     p = commands.add_parser(
         "train",
         help="patient-level cross-validation",
@@ -64,7 +68,12 @@ def _add_train(commands) -> None:
     p.add_argument("--features_dir", help="folder of <slide_id>.h5 feature files")
     p.add_argument("--output_dir", "-o", help=f"default: {d.output_dir}")
     p.add_argument("--task", choices=TASKS, help=f"default: {d.task}")
-    p.add_argument("--model", choices=AGGREGATORS, help=f"slide aggregator (default: {d.model})")
+    p.add_argument(
+        "--model", choices=AGGREGATORS, help=f"slide aggregator; linear = the linear baseline (default: {d.model})"
+    )
+    p.add_argument(
+        "--baseline", action="store_true", help="also report the linear baseline in the same folds (results.json)"
+    )
     p.add_argument(
         "--fusion", choices=FUSIONS, help=f"none = slides only, text_only = reports only (default: {d.fusion})"
     )
@@ -79,18 +88,36 @@ def _add_train(commands) -> None:
     p.add_argument("--classes", help="comma-separated class names in label order (default: the labels, sorted)")
     p.add_argument("--survival_loss", choices=SURVIVAL_LOSSES, help=f"default: {d.survival_loss}")
     p.add_argument("--n_bins", type=int, help=f"time bins of the nll loss (default: {d.n_bins})")
+    p.add_argument(
+        "--hazards", choices=HAZARDS, help=f"nll loss: how the bins share the risk score (default: {d.hazards})"
+    )
+    p.add_argument(
+        "--uncensored_weight",
+        type=float,
+        help=f"nll loss: censored cases count 1 - this (default: {d.uncensored_weight})",
+    )
+    p.add_argument(
+        "--select", choices=SELECTIONS, help=f"which epoch is kept, by the validation cases (default: {d.select})"
+    )
     p.add_argument("--folds", type=int, help=f"default: {d.folds}")
     p.add_argument(
-        "--val_fraction", type=float, help=f"of each training fold, for early stopping (default: {d.val_fraction})"
+        "--val_fraction", type=float, help=f"of each training fold, for early stopping ({by_task('val_fraction')})"
     )
     p.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
     p.add_argument("--patience", type=int, help=f"early stopping, 0 = off (default: {d.patience})")
-    p.add_argument("--lr", type=float, help=f"default: {d.lr}")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=by_task("optimizer"))
+    p.add_argument("--lr", type=float, help=by_task("lr"))
     p.add_argument("--weight_decay", type=float, help=f"default: {d.weight_decay}")
     p.add_argument("--hidden", type=int, help=f"default: {d.hidden}")
     p.add_argument("--dropout", type=float, help=f"default: {d.dropout}")
     p.add_argument("--balance", choices=BALANCING, help=f"class balancing (default: {d.balance})")
     p.add_argument("--no_cache_bags", dest="cache_bags", action="store_false", help="re-read bags every epoch")
+    p.add_argument(
+        "--no_standardise",
+        dest="standardise",
+        action="store_false",
+        help="feed patch features as they are (default: standardised per feature with the training cases' values)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -143,8 +170,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
     result = train_mil(train_config(getattr(args, "config", None), **given, progress=show_progress()))
-    summary = {name: {"mean": m["mean"], "std": m["std"]} for name, m in result.results.items()}
-    print(json.dumps({"output_dir": str(result.output_dir), **summary, "logrank_p": result.logrank_p}))
+    print(json.dumps({"output_dir": str(result.output_dir), **result.summary(), "logrank_p": result.logrank_p}))
     return 0
 
 

@@ -14,7 +14,7 @@ from ..messages import listing
 from .features import check_feature_file, read_feature_file
 from .manifest import Cohort
 
-__all__ = ["BagDataset", "bag_feature_dim", "read_bag"]
+__all__ = ["BagDataset", "bag_feature_dim", "feature_moments", "read_bag"]
 
 
 def bag_feature_dim(cohort: Cohort, features_dir: str | os.PathLike) -> int:
@@ -100,6 +100,19 @@ class BagDataset(Dataset):
         else:
             item["time"], item["event"] = case.time, case.event
         return item
+
+
+@torch.no_grad()
+def feature_moments(dataset: BagDataset, indices, min_scale: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation (D,) over all patches of the cases at ``indices`` (a standard
+    deviation under ``min_scale``, a constant feature, counts as 1)."""
+    total, squares, count = 0.0, 0.0, 0
+    for i in indices:
+        x = dataset[int(i)]["features"].double()
+        total, squares, count = total + x.sum(0), squares + (x * x).sum(0), count + len(x)
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(0).sqrt()
+    return mean.float(), torch.where(std > min_scale, std, torch.ones_like(std)).float()
 
 
 def collate_bags(items: list[dict]) -> list[dict]:

@@ -18,13 +18,29 @@ from ..training.precision import TrainingPrecision
 from ..training.selection import ModelSelection
 from .data import BagDataset, collate_bags
 from .losses import cox_partial_nll, discrete_time_nll, hazards_to_risk
+from .metrics import validation_metric
 from .models import MILModel
 
-__all__ = ["BALANCING", "FitOptions", "FitResult", "fit_model", "outputs_to_predictions", "predict_outputs"]
+__all__ = [
+    "BALANCING",
+    "OPTIMIZERS",
+    "SELECTIONS",
+    "FitOptions",
+    "FitResult",
+    "fit_model",
+    "outputs_to_predictions",
+    "predict_outputs",
+]
 
 logger = logging.getLogger(__name__)
 
 BALANCING = ("weights", "sampler", "none")
+#: How the epoch whose weights are kept is chosen: lowest validation loss, best validation metric (c-index or
+#: AUROC), or the last epoch.
+SELECTIONS = ("loss", "metric", "last")
+_SELECTED_BY = {"loss": "val_loss", "metric": "val_metric"}
+#: ``adamw``: AdamW; ``sgd``: plain gradient steps with momentum 0.9 (steps in proportion to the gradient).
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -32,7 +48,11 @@ class FitOptions:
     """How one model is trained. ``batch_size`` cases make one optimiser step (the Cox loss compares them).
 
     ``balance`` (classification): ``weights`` = loss weights inverse to class frequency, ``sampler`` = draw
-    cases with those weights, ``none``. ``patience``: epochs without a lower validation loss before stopping.
+    cases with those weights, ``none``. ``select`` (:data:`SELECTIONS`): which epoch's weights are kept;
+    ``patience``: epochs without a better validation score before stopping (0 = never).
+    ``uncensored_weight``: the discrete-time loss's weight on events (see :func:`discrete_time_nll`).
+    ``optimizer`` (:data:`OPTIMIZERS`): AdamW, or SGD with momentum (the survival default of
+    :class:`~musk.mil.train.MILTrainConfig`).
     """
 
     epochs: int = 40
@@ -42,6 +62,9 @@ class FitOptions:
     weight_decay: float = 1e-4
     balance: str = "weights"
     survival_loss: str = "nll"
+    uncensored_weight: float = 0.0
+    select: str = "loss"
+    optimizer: str = "adamw"
     max_grad_norm: float | None = 5.0
     num_workers: int = 0
     precision: str = "fp32"
@@ -54,6 +77,7 @@ class FitResult:
     model: MILModel
     best_epoch: int
     best_val_loss: float | None
+    best_val_metric: float | None = None
     history: list[dict] = field(default_factory=list)
 
 
@@ -74,7 +98,7 @@ def _forward(model: MILModel, batch: list[dict]) -> torch.Tensor:
 
 
 def _loss(
-    outputs: torch.Tensor, batch: list[dict], task: str, survival_loss: str, class_weights, bin_edges
+    outputs: torch.Tensor, batch: list[dict], task: str, options: FitOptions, class_weights, bin_edges
 ) -> torch.Tensor:
     device = outputs.device
     if task == "classification":
@@ -82,10 +106,10 @@ def _loss(
         return F.cross_entropy(outputs, labels, weight=class_weights)
     times = torch.tensor([b["time"] for b in batch], dtype=torch.float64, device=device)
     events = torch.tensor([b["event"] for b in batch], device=device)
-    if survival_loss == "cox":
+    if options.survival_loss == "cox":
         return cox_partial_nll(outputs[:, 0], times, events)
     bins = torch.bucketize(times, bin_edges.to(device, torch.float64), right=True)
-    return discrete_time_nll(outputs, bins, events)
+    return discrete_time_nll(outputs, bins, events, options.uncensored_weight)
 
 
 def _class_weights(dataset: BagDataset, indices: np.ndarray, n_classes: int) -> np.ndarray:
@@ -154,15 +178,6 @@ def _train_epoch(
     return {"epoch": epoch, "train_loss": total / max(seen, 1), "data_s": waited, "compute_s": computed}
 
 
-def _validation_loss(
-    model: MILModel, dataset: BagDataset, val_indices: np.ndarray, options: FitOptions, bin_edges
-) -> float:
-    outputs = predict_outputs(model, dataset, val_indices, options.batch_size, options.num_workers)
-    batch = [{"label": c.label, "time": c.time, "event": c.event} for c in dataset.cohort.subset(val_indices).cases]
-    task = dataset.cohort.task
-    return _loss(torch.as_tensor(outputs), batch, task, options.survival_loss, None, bin_edges).item()
-
-
 def fit_model(
     model: MILModel,
     dataset: BagDataset,
@@ -171,10 +186,10 @@ def fit_model(
     options: FitOptions,
     bin_edges: np.ndarray | None = None,
 ) -> FitResult:
-    """Train ``model`` (already on its device) on ``fit_indices``; keep the weights of the epoch with the lowest
-    loss on ``val_indices`` (the last epoch when there are none). Precision: autocast, with a gradient scaler
-    for fp16 (:class:`musk.training.precision.TrainingPrecision`). Each history entry has the epoch's losses
-    and its seconds spent waiting for data and computing."""
+    """Train ``model`` (already on its device) on ``fit_indices``; keep the weights of the epoch ``options.select``
+    picks on ``val_indices`` (the last epoch when there are none). Precision: autocast, with a gradient scaler
+    for fp16 (:class:`musk.training.precision.TrainingPrecision`). Each history entry has the epoch's losses,
+    validation metric and its seconds spent waiting for data and computing."""
     task = dataset.cohort.task
     fit_indices, val_indices = np.asarray(fit_indices), np.asarray(val_indices)
     if task == "survival" and options.survival_loss == "cox" and options.batch_size < 2:
@@ -183,26 +198,30 @@ def fit_model(
     edges = None if bin_edges is None else torch.as_tensor(bin_edges)
     class_weights, sampler = _balancing(dataset, fit_indices, options, device)
     loader = _fit_loader(dataset, fit_indices, options, sampler)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    if options.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), options.lr, momentum=0.9, weight_decay=options.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     precision = TrainingPrecision(options.precision, device)
-    selection = ModelSelection("min", options.patience, min_delta=1e-6)
+    selection = ModelSelection("min" if options.select == "loss" else "max", options.patience, min_delta=1e-6)
 
     def loss_of(outputs: torch.Tensor, batch: list[dict]) -> torch.Tensor:
-        return _loss(outputs, batch, task, options.survival_loss, class_weights, edges)
+        return _loss(outputs, batch, task, options, class_weights, edges)
 
-    best_state, history = None, []
+    best_state, best, history = None, {}, []
     for epoch in range(1, options.epochs + 1):
         entry = _train_epoch(model, loader, optimizer, precision, loss_of, options, epoch)
         if len(val_indices):
-            entry["val_loss"] = _validation_loss(model, dataset, val_indices, options, edges)
-            if selection.update(epoch, entry["val_loss"]):
-                best_state = copy.deepcopy(model.state_dict())
+            entry.update(_validate(model, dataset, val_indices, options, edges))
+            if options.select != "last" and selection.update(epoch, entry[_SELECTED_BY[options.select]]):
+                best_state, best = copy.deepcopy(model.state_dict()), entry
         history.append(entry)
         logger.debug("epoch %d: %s", epoch, entry)
         if len(val_indices) and selection.should_stop:
             logger.info(
-                "early stop after epoch %d (best validation loss %.4f at epoch %d)",
+                "early stop after epoch %d (best validation %s %.4f at epoch %d)",
                 epoch,
+                options.select,
                 selection.best,
                 selection.best_epoch,
             )
@@ -211,8 +230,20 @@ def fit_model(
         model.load_state_dict(best_state)
     model.eval()
     if best_state is None:
-        return FitResult(model, history[-1]["epoch"], None, history)
-    return FitResult(model, selection.best_epoch, selection.best, history)
+        best = history[-1]
+    return FitResult(model, best["epoch"], best.get("val_loss"), best.get("val_metric"), history)
+
+
+def _validate(model: MILModel, dataset: BagDataset, indices: np.ndarray, options: FitOptions, edges) -> dict:
+    """The validation loss and metric (c-index or AUROC) of ``model`` on the cases at ``indices``."""
+    task = dataset.cohort.task
+    outputs = predict_outputs(model, dataset, indices, options.batch_size, options.num_workers)
+    cases = dataset.cohort.subset(indices).cases
+    batch = [{"label": c.label, "time": c.time, "event": c.event} for c in cases]
+    loss = _loss(torch.as_tensor(outputs), batch, task, options, None, edges).item()
+    targets = [c.label for c in cases] if task == "classification" else [(c.time, c.event) for c in cases]
+    metric = validation_metric(task, targets, outputs_to_predictions(outputs, task, options.survival_loss))
+    return {"val_loss": loss, "val_metric": metric}
 
 
 @torch.no_grad()  # not inference_mode: bags cached here are trained on later
@@ -232,7 +263,7 @@ def predict_outputs(
     )
     outputs = [_forward(model, batch).cpu().numpy() for batch in loader]
     model.train(was_training)
-    return np.concatenate(outputs) if outputs else np.zeros((0, model.head.out_features), np.float32)
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.out_dim), np.float32)
 
 
 def outputs_to_predictions(outputs: np.ndarray, task: str, survival_loss: str = "nll") -> np.ndarray:

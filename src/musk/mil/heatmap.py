@@ -31,14 +31,13 @@ def patch_attention(models: Sequence[SavedMIL], features: np.ndarray) -> np.ndar
     """
     weights = []
     for saved in models:
-        aggregator = saved.model.aggregator
-        if aggregator is None:
+        if saved.model.aggregator is None:
             raise ValueError(f"{saved.path} is a text-only model: it has no attention over patches")
         param = next(saved.model.parameters())
         was_training = saved.model.training
         saved.model.eval()
         x = torch.as_tensor(features, dtype=param.dtype, device=param.device)
-        weights.append(aggregator(x)[1].float().cpu().numpy())
+        weights.append(saved.model.aggregate(x)[1].float().cpu().numpy())
         saved.model.train(was_training)
     return np.mean(weights, axis=0)
 

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "HAZARDS",
     "SURVIVAL_LOSSES",
+    "bin_hazard_logits",
     "cox_partial_nll",
     "discrete_time_nll",
     "event_time_bins",
@@ -19,6 +21,9 @@ __all__ = [
 ]
 
 SURVIVAL_LOSSES = ("nll", "cox")
+#: How the discrete-time model's bins share the case's features: one risk score plus an intercept per bin
+#: (``proportional``), or a free logit per bin (``independent``, as in PORPOISE / MCAT).
+HAZARDS = ("proportional", "independent")
 
 
 def event_time_bins(times: np.ndarray, events: np.ndarray, n_bins: int) -> np.ndarray:
@@ -33,12 +38,26 @@ def event_time_bins(times: np.ndarray, events: np.ndarray, n_bins: int) -> np.nd
     return np.unique(edges)
 
 
-def discrete_time_nll(logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+def bin_hazard_logits(times: np.ndarray, events: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Log-odds of each bin's hazard in these cases (events in bin k / cases reaching it, kept within
+    [0.01, 0.99]): where the discrete-time model's intercepts start, so that training moves the risk, not them."""
+    bins = np.searchsorted(np.asarray(edges), np.asarray(times, dtype=np.float64), side="right")  # as in training
+    events = np.asarray(events)
+    reached = np.array([(bins >= k).sum() for k in range(len(edges) + 1)])
+    happened = np.bincount(bins[events == 1], minlength=len(edges) + 1)
+    hazard = np.clip(happened / np.maximum(reached, 1), 0.01, 0.99)
+    return np.log(hazard / (1 - hazard))
+
+
+def discrete_time_nll(
+    logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor, uncensored_weight: float = 0.0
+) -> torch.Tensor:
     """Negative log-likelihood of a discrete-time hazard model, mean over cases.
 
     ``logits`` (B, K): hazard logits per bin, ``h_k = sigmoid(logit_k)``; ``S_k = prod_{j<=k} (1 - h_j)``.
     An event in bin k contributes ``-log S_{k-1} - log h_k``; a case censored in bin k ``-log S_k`` (it
-    survived bin k).
+    survived bin k). ``uncensored_weight`` (``alpha`` of PORPOISE / MCAT): the loss is
+    ``(1 - alpha) * all terms + alpha * the events' terms``, so a censored case counts ``1 - alpha``.
     """
     log_h = F.logsigmoid(logits)
     log_1mh = F.logsigmoid(-logits)
@@ -48,7 +67,7 @@ def discrete_time_nll(logits: torch.Tensor, bins: torch.Tensor, events: torch.Te
     event = events.float()
     uncensored = -(log_s_prev.gather(1, k) + log_h.gather(1, k)).squeeze(1)
     censored = -log_s.gather(1, k).squeeze(1)
-    return (event * uncensored + (1 - event) * censored).mean()
+    return (event * uncensored + (1 - uncensored_weight) * (1 - event) * censored).mean()
 
 
 def survival_curve(logits: torch.Tensor) -> torch.Tensor:

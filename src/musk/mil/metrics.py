@@ -22,6 +22,7 @@ __all__ = [
     "survival_metrics",
     "td_auc_times",
     "uno_tau",
+    "validation_metric",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,21 @@ def td_auc_times(times: Sequence[float], events: Sequence[int], tau: float) -> n
         return observed
     grid = np.unique(np.quantile(observed, [0.25, 0.5, 0.75]))
     return grid[(grid >= times.min()) & (grid < limit)]
+
+
+def validation_metric(task: str, targets: Sequence, predictions: np.ndarray) -> float:
+    """What selects a model on held-out cases; 0.5 is chance. Classification: AUROC of ``predictions`` (n, C)
+    against the class indices ``targets`` (NaN with one class). Survival: Harrell's c-index of the risks
+    ``predictions`` (n,) against ``targets`` = (time, event) pairs (NaN without an event)."""
+    from sksurv.metrics import concordance_index_censored
+
+    if task == "classification":
+        one_class = len(np.unique(targets)) < 2
+        return math.nan if one_class else classification_metrics(targets, predictions)["auroc"]
+    times, events = np.asarray(targets, dtype=np.float64).reshape(-1, 2).T
+    if not events.any():
+        return math.nan
+    return float(concordance_index_censored(events.astype(bool), times, np.asarray(predictions, np.float64))[0])
 
 
 def summarize(per_fold: Sequence[dict[str, float]], names: Sequence[str]) -> dict[str, dict]:

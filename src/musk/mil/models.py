@@ -1,7 +1,8 @@
 """Slide-level models: a bag aggregator (gated ABMIL, mean pooling, a transformer), report fusion and a head.
 
 An aggregator maps one bag ``(N, D)`` to a slide embedding ``(H,)`` and per-patch weights ``(N,)`` that sum
-to one (the attention drawn on heatmaps; uniform for mean pooling).
+to one (the attention drawn on heatmaps; uniform for mean pooling). ``linear`` is the baseline: the bag's
+mean feature, standardised, straight into the head (no hidden layer; fitted by :mod:`musk.mil.baseline`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["AGGREGATORS", "FUSIONS", "ABMIL", "MILModel", "MeanPool", "TransformerMIL", "build_aggregator"]
+__all__ = [
+    "AGGREGATORS",
+    "FUSIONS",
+    "ABMIL",
+    "MILModel",
+    "MeanFeatures",
+    "MeanPool",
+    "Standardise",
+    "TransformerMIL",
+    "build_aggregator",
+]
 
-AGGREGATORS = ("abmil", "mean", "transmil")
+AGGREGATORS = ("abmil", "mean", "transmil", "linear")
 #: ``none`` = slide only, ``text_only`` = report only, ``concat`` / ``gated`` = both.
 FUSIONS = ("none", "concat", "gated", "text_only")
 
@@ -49,6 +60,31 @@ class MeanPool(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.embed(x)
         return h.mean(0), torch.full((len(x),), 1.0 / len(x), device=x.device)
+
+
+class Standardise(nn.Module):
+    """``(x - mean) / scale`` with fixed (fitted, saved) ``mean`` and ``scale``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
+class MeanFeatures(nn.Module):
+    """The linear baseline's aggregator: the bag's mean feature, standardised; every patch counts the same."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.standardise = Standardise(in_dim)
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.standardise(x.mean(0)), torch.full((len(x),), 1.0 / len(x), device=x.device)
 
 
 class _Block(nn.Module):
@@ -99,6 +135,8 @@ def build_aggregator(name: str, in_dim: int, hidden: int, dropout: float) -> nn.
         return MeanPool(in_dim, hidden, dropout)
     if name == "transmil":
         return TransformerMIL(in_dim, hidden, dropout=min(dropout, 0.1))
+    if name == "linear":
+        return MeanFeatures(in_dim)
     raise ValueError(f"model must be one of {AGGREGATORS}, got {name!r}")
 
 
@@ -106,7 +144,13 @@ class MILModel(nn.Module):
     """Aggregator + optional report fusion + linear head; ``forward`` takes one case at a time.
 
     ``fusion``: ``none`` (slide only), ``text_only``, ``concat`` (slide and projected report side by side) or
-    ``gated`` (a learned per-dimension gate mixes the two: ``g * slide + (1 - g) * report``).
+    ``gated`` (a learned per-dimension gate mixes the two: ``g * slide + (1 - g) * report``). The ``linear``
+    model reads the standardised mean feature and report vector side by side (``gated`` is not linear: refused).
+    ``proportional``: the ``out_dim`` outputs are discrete-time hazard logits that share one risk score,
+    ``logit_k = eta + b_k`` (proportional odds: the head gives ``eta``, ``b`` holds one intercept per bin).
+    ``standardise``: patch features enter as ``(x - mean) / scale``, per feature, with the training cases' values
+    (:meth:`set_feature_scale`; saved with the weights). The head's weights start at zero: every case starts with
+    the same outputs (the intercepts), and training moves the cases apart only as far as the data ask.
     """
 
     def __init__(
@@ -118,6 +162,8 @@ class MILModel(nn.Module):
         fusion: str = "none",
         hidden: int = 256,
         dropout: float = 0.25,
+        proportional: bool = False,
+        standardise: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -126,12 +172,45 @@ class MILModel(nn.Module):
             raise ValueError(f"fusion {fusion!r} uses the slides: give feature_dim")
         if fusion != "none" and not text_dim:
             raise ValueError(f"fusion {fusion!r} uses the reports: give text_dim (the report embedding width)")
+        if model == "linear" and fusion == "gated":
+            raise ValueError("the linear model reads slides and reports side by side: use fusion 'concat', not 'gated'")
         self.fusion = fusion
+        self.feature_norm = Standardise(feature_dim) if standardise and fusion != "text_only" else None
         self.aggregator = None if fusion == "text_only" else build_aggregator(model, feature_dim, hidden, dropout)
-        self.text_proj = None if fusion == "none" else _embed(text_dim, hidden, dropout)
+        self.text_proj = None
+        if fusion != "none":
+            self.text_proj = Standardise(text_dim) if model == "linear" else _embed(text_dim, hidden, dropout)
         if fusion == "gated":
             self.gate = nn.Linear(2 * hidden, hidden)
-        self.head = nn.Linear(2 * hidden if fusion == "concat" else hidden, out_dim)
+        if model == "linear":
+            width = sum(m.out_dim for m in (self.aggregator, self.text_proj) if m is not None)
+        else:
+            width = 2 * hidden if fusion == "concat" else hidden
+        self.out_dim = out_dim
+        self.head = nn.Linear(width, 1 if proportional else out_dim, bias=not proportional)
+        nn.init.zeros_(self.head.weight)
+        self.bin_bias = nn.Parameter(torch.zeros(out_dim)) if proportional else None
+
+    @torch.no_grad()
+    def set_feature_scale(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """The per-feature ``mean`` and ``scale`` (D,) that standardise patch features (``standardise=True``)."""
+        if self.feature_norm is None:
+            raise ValueError("this model does not standardise its features (standardise=False)")
+        self.feature_norm.mean.copy_(torch.as_tensor(mean))
+        self.feature_norm.scale.copy_(torch.as_tensor(scale))
+
+    @torch.no_grad()
+    def set_output_bias(self, values: torch.Tensor) -> None:
+        """Start the outputs' intercepts (the bins' ``b_k``, or the head's bias) at ``values`` (out_dim,)."""
+        bias = self.bin_bias if self.bin_bias is not None else self.head.bias
+        bias.copy_(torch.as_tensor(values, dtype=bias.dtype))
+
+    def aggregate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One bag (N, D) -> (slide embedding, patch weights (N,)), features standardised first when the model
+        does that."""
+        if self.aggregator is None:
+            raise ValueError("this model reads no slides (fusion 'text_only')")
+        return self.aggregator(features if self.feature_norm is None else self.feature_norm(features))
 
     def forward(
         self, features: torch.Tensor | None = None, text: torch.Tensor | None = None
@@ -141,7 +220,7 @@ class MILModel(nn.Module):
         if self.aggregator is not None:
             if features is None:
                 raise ValueError("this model reads slide features: pass features")
-            slide, weights = self.aggregator(features)
+            slide, weights = self.aggregate(features)
         if self.text_proj is not None:
             if text is None:
                 raise ValueError(f"fusion {self.fusion!r} reads the report: pass its embedding")
@@ -155,4 +234,5 @@ class MILModel(nn.Module):
         else:
             gate = torch.sigmoid(self.gate(torch.cat([slide, report])))
             joint = gate * slide + (1 - gate) * report
-        return self.head(joint), weights
+        out = self.head(joint)
+        return (out if self.bin_bias is None else out + self.bin_bias), weights

@@ -95,7 +95,11 @@ def _load_one(directory: Path, device: torch.device | str, dtype: torch.dtype) -
     if missing:
         raise _damaged(directory, f"its {CONFIG_FILENAME} lacks {', '.join(missing)}")
     try:
-        model = MILModel(**{k: config[k] for k in _ARCH_KEYS})
+        model = MILModel(
+            **{k: config[k] for k in _ARCH_KEYS},
+            proportional=bool(config.get("proportional")),
+            standardise=bool(config.get("standardise")),
+        )
         state = load_file(str(directory / WEIGHTS_FILENAME))
     except (TypeError, ValueError, OSError, SafetensorError) as e:
         raise _damaged(directory, f"its {WEIGHTS_FILENAME} or {CONFIG_FILENAME} cannot be used ({e})") from e

@@ -2,10 +2,12 @@
 
 Output folder::
 
-    results.json        per metric: {"folds": [...], "mean": m, "std": s}
+    results.json        per metric: {"folds": [...], "mean": m, "std": s}; "learned" (:mod:`musk.mil.chance`);
+                        with ``baseline``, the linear baseline's metrics in the same folds
     predictions.csv     one row per case, predicted by the fold model that did not see it
     km.png              survival: Kaplan-Meier curves of the high/low predicted-risk groups, log-rank p
-    fold_<k>/           model.safetensors, config.json, history.json, metrics.json, predictions.json
+    fold_<k>/           model.safetensors, config.json, history.json, metrics.json, predictions.json,
+                        selection.json (which epoch was kept and its validation scores)
     report_embeddings.npz   when reports are fused: the case vectors used
     provenance.json     resolved configuration, versions, fold summaries, log-rank p
     .musk-mil-run.json  what runs of ours wrote here (:mod:`musk.mil.run_folder`)
@@ -35,10 +37,22 @@ from ..models import DEFAULT_MODEL, PUBLISHED
 from ..provenance import provenance
 from ..runtime import PRECISIONS, resolve_device
 from ..settings import build, convert, load_yaml, pick
-from .fit import BALANCING, FitOptions, fit_model, outputs_to_predictions, predict_outputs
+from .baseline import fit_linear, linear_model
+from .chance import learning_report
+from .data import feature_moments
+from .fit import (
+    BALANCING,
+    OPTIMIZERS,
+    SELECTIONS,
+    FitOptions,
+    FitResult,
+    fit_model,
+    outputs_to_predictions,
+    predict_outputs,
+)
 from .inputs import MILInputs, TextEncoderSpec, load_inputs, text_weights_option
 from .km import median_split, plot_kaplan_meier
-from .losses import SURVIVAL_LOSSES, event_time_bins
+from .losses import HAZARDS, SURVIVAL_LOSSES, bin_hazard_logits, event_time_bins
 from .manifest import TASKS, Cohort
 from .metrics import CLASSIFICATION_METRICS, SURVIVAL_METRICS, classification_metrics, summarize, survival_metrics
 from .models import AGGREGATORS, FUSIONS, MILModel
@@ -52,7 +66,17 @@ __all__ = ["MILTrainConfig", "MILTrainResult", "train_config", "train_mil"]
 
 logger = logging.getLogger(__name__)
 
-_RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags", "overwrite")
+#: Settings that do not change the models (a finished fold is reused when only they change); ``baseline`` only
+#: adds the linear baseline's results beside them.
+_RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags", "overwrite", "baseline")
+#: The defaults that depend on the task (a setting left at None takes its task's value). Survival models learn
+#: a risk from a few dozen events: plain gradient steps on all of a fold's training cases for a fixed number of
+#: epochs, where AdamW and early stopping on a handful of validation cases learn noise (docs/mil.md, "Survival:
+#: what the defaults are and why").
+TASK_DEFAULTS = {
+    "classification": {"optimizer": "adamw", "lr": 1e-3, "val_fraction": 0.2},
+    "survival": {"optimizer": "sgd", "lr": 1e-2, "val_fraction": 0.0},
+}
 
 
 @dataclass
@@ -63,10 +87,13 @@ class MILTrainConfig:
     Reports: a manifest ``report`` column or ``reports`` (folder of ``<case_id>.txt``), embedded with the MUSK
     text encoder ``text_model`` / ``text_weights``; or precomputed ``report_embeddings`` (.npz).
     ``survival_loss``: ``nll`` (discrete time over ``n_bins`` bins at event-time quantiles) or ``cox``.
-    ``val_fraction`` of each fold's training cases is held out for early stopping. ``overwrite``: let the run
+    ``val_fraction`` of each fold's training cases is held out for early stopping. ``optimizer``, ``lr`` and
+    ``val_fraction`` left at None take their task's value (:data:`TASK_DEFAULTS`). ``overwrite``: let the run
     replace its own outputs in an ``output_dir`` it would otherwise refuse (:mod:`musk.mil.run_folder`).
     Values are converted and checked by the one converter of :mod:`musk.settings`; build one from YAML and/or
-    the command line with :func:`train_config`.
+    the command line with :func:`train_config`. ``model="linear"`` is the linear baseline
+    (:mod:`musk.mil.baseline`; fitted on all of a fold's training cases); ``baseline`` reports it beside the
+    model, in the same folds.
     """
 
     manifest: str | None = None
@@ -84,12 +111,17 @@ class MILTrainConfig:
     classes: list[str] | None = None
     survival_loss: str = "nll"
     n_bins: int = 4
+    hazards: str = "proportional"
+    standardise: bool = True
+    uncensored_weight: float = 0.0
+    select: str = "loss"
     folds: int = 5
-    val_fraction: float = 0.2
+    val_fraction: float | None = None
     epochs: int = 40
     patience: int = 10
     batch_size: int = 4
-    lr: float = 1e-3
+    optimizer: str | None = None
+    lr: float | None = None
     weight_decay: float = 1e-4
     hidden: int = 256
     dropout: float = 0.25
@@ -99,6 +131,7 @@ class MILTrainConfig:
     precision: str = "fp32"
     num_workers: int = 0
     seed: int = 0
+    baseline: bool = False
     progress: bool = False
     overwrite: bool = False
 
@@ -109,12 +142,18 @@ class MILTrainConfig:
             value = os.fspath(value) if isinstance(value, os.PathLike) else value
             setattr(self, f.name, convert(value, hints[f.name], f"MILTrainConfig: {f.name}"))
         self.text_weights = text_weights_option(self.text_weights)
+        if self.task in TASK_DEFAULTS:
+            for name, value in TASK_DEFAULTS[self.task].items():
+                setattr(self, name, value if getattr(self, name) is None else getattr(self, name))
         for name, allowed in (
             ("task", TASKS),
             ("model", AGGREGATORS),
             ("fusion", FUSIONS),
             ("survival_loss", SURVIVAL_LOSSES),
+            ("hazards", HAZARDS),
             ("balance", BALANCING),
+            ("select", SELECTIONS),
+            ("optimizer", OPTIMIZERS),
             ("precision", PRECISIONS),
         ):
             if getattr(self, name) not in allowed:
@@ -124,6 +163,27 @@ class MILTrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.model == "linear" and self.fusion == "gated":
+            raise ValueError("the linear model reads slides and reports side by side: use fusion 'concat', not 'gated'")
+
+    @property
+    def standardises_features(self) -> bool:
+        """Whether the slide-level model standardises its patch features (the linear model standardises its
+        mean feature itself; a text-only model reads none)."""
+        return self.standardise and self.model != "linear" and self.fusion != "text_only"
+
+    @property
+    def proportional_hazards(self) -> bool:
+        """Whether the discrete-time hazards share one risk score (:data:`~musk.mil.losses.HAZARDS`)."""
+        return self.survival_output == "nll" and self.hazards == "proportional"
+
+    @property
+    def survival_output(self) -> str | None:
+        """What a survival model's outputs are: ``nll`` (hazard logits per bin) or ``cox`` (one log-risk, as the
+        linear model's ridge Cox gives); None for classification."""
+        if self.task != "survival":
+            return None
+        return "cox" if self.model == "linear" else self.survival_loss
 
     def run_key(self, cohort: Cohort, text: np.ndarray | None = None) -> str:
         """Hash of the settings that change the models (not where or how fast they run) and of what they are
@@ -146,6 +206,17 @@ class MILTrainResult:
     predictions: Path
     logrank_p: float | None = None
     history: list[list[dict]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Mean and std per metric, whether the model learned and, when run, the baseline's means and stds."""
+        out = {name: {"mean": m["mean"], "std": m["std"]} for name, m in self.results.items() if "mean" in m}
+        out["learned"] = self.results["learned"]["learned"]
+        if "baseline" in self.results:
+            baseline = self.results["baseline"]
+            out["baseline"] = {
+                name: {"mean": m["mean"], "std": m["std"]} for name, m in baseline.items() if name != "model"
+            }
+        return out
 
 
 def train_config(config_file: str | os.PathLike | None = None, **values) -> MILTrainConfig:
@@ -179,8 +250,10 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
         "fusion": config.fusion,
         "hidden": config.hidden,
         "dropout": config.dropout,
-        "survival_loss": config.survival_loss if config.task == "survival" else None,
+        "survival_loss": config.survival_output,
         "bin_edges": None if bin_edges is None else [float(x) for x in bin_edges],
+        "proportional": config.proportional_hazards,
+        "standardise": config.standardises_features,
         "text_encoder": None
         if config.fusion == "none"
         else {"model": config.text_model, "weights": config.text_weights, "max_tokens": 100},
@@ -201,6 +274,7 @@ def _reuse_fold(fold_dir: Path, run_key: str, test_ids: list[str]) -> dict | Non
             "metrics": json.loads((fold_dir / "metrics.json").read_text()),
             "rows": json.loads((fold_dir / "predictions.json").read_text()),
             "history": json.loads((fold_dir / "history.json").read_text()),
+            "selection": json.loads((fold_dir / "selection.json").read_text()),
         }
         if split.get("test") != test_ids or [r["case_id"] for r in reused["rows"]] != test_ids:
             logger.warning("%s: its test cases are not this fold's; training it again", fold_dir)
@@ -228,34 +302,63 @@ def _load_run_inputs(config: MILTrainConfig, device: torch.device) -> MILInputs:
     )
 
 
-def _head(config: MILTrainConfig, cohort: Cohort, fit: np.ndarray) -> tuple[int, np.ndarray | None]:
-    """The head's output size and, for the discrete-time loss, the time bins' edges (from the fit cases)."""
+def _head(config: MILTrainConfig, cohort: Cohort, fit: np.ndarray) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+    """The head's output size and, for the discrete-time loss, the time bins' edges and the bins' starting hazard
+    logits (both from the fit cases)."""
     if cohort.task == "classification":
-        return len(cohort.classes), None
+        return len(cohort.classes), None, None
     if config.survival_loss == "cox":
-        return 1, None
-    fit_cases = cohort.subset(fit).cases
-    bin_edges = event_time_bins([c.time for c in fit_cases], [c.event for c in fit_cases], config.n_bins)
-    return len(bin_edges) + 1, bin_edges
+        return 1, None, None
+    times, events = zip(*((c.time, c.event) for c in cohort.subset(fit).cases), strict=True)
+    bin_edges = event_time_bins(times, events, config.n_bins)
+    return len(bin_edges) + 1, bin_edges, bin_hazard_logits(times, events, bin_edges)
+
+
+def _fit_fold(
+    config: MILTrainConfig, inputs: MILInputs, fit, val, options: FitOptions, device
+) -> tuple[FitResult, np.ndarray | None, dict]:
+    """One fold's model, its survival bin edges (None unless discrete-time) and how it was selected
+    (``selection.json``): the linear model fitted on ``fit``, or a slide-level model trained on ``fit`` and
+    selected on ``val``."""
+    if config.model == "linear":
+        linear = fit_linear(inputs.dataset, fit, options.seed)
+        model = linear_model(linear, inputs.feature_dim, inputs.text_dim, config.fusion)
+        selection = {"select": "inner cross-validation", "penalty": linear.penalty, "val_metric": None}
+        return FitResult(model.to(device), 0, None), None, selection
+    out_dim, bin_edges, start = _head(config, inputs.cohort, fit)
+    model = MILModel(
+        out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout,
+        config.proportional_hazards, config.standardises_features,
+    )  # fmt: skip
+    if start is not None:
+        model.set_output_bias(torch.as_tensor(start))
+    if config.standardises_features:
+        model.set_feature_scale(*feature_moments(inputs.dataset, fit))
+    result = fit_model(model.to(device), inputs.dataset, fit, val, options, bin_edges)
+    selection = {
+        "select": config.select,
+        "epoch": result.best_epoch,
+        "val_loss": result.best_val_loss,
+        "val_metric": result.best_val_metric,
+    }
+    return result, bin_edges, selection
 
 
 def _train_fold(
     config: MILTrainConfig, inputs: MILInputs, device: torch.device, k: int, train, test, run_key: str
 ) -> tuple[dict, MILModel, dict, dict]:
     """Fold ``k``: fit on part of ``train`` (early stopping on the rest), predict ``test``. Returns the fold's
-    results (``metrics``, ``rows``, ``history``), its model, the model's config and the files saved beside it."""
+    results (``metrics``, ``rows``, ``history``, ``selection``), its model, the model's config and the files saved
+    beside it."""
     cohort, dataset = inputs.cohort, inputs.dataset
-    fit, val = validation_split(cohort, train, config.val_fraction, config.seed + k)
+    val_fraction = 0.0 if config.model == "linear" else config.val_fraction  # it tunes itself inside `fit`
+    fit, val = validation_split(cohort, train, val_fraction, config.seed + k)
     np.random.seed(config.seed + k)
     torch.manual_seed(config.seed + k)
-    out_dim, bin_edges = _head(config, cohort, fit)
-    model = MILModel(
-        out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout
-    )
     options = pick(FitOptions, config, seed=config.seed + k)
-    result = fit_model(model.to(device), dataset, fit, val, options, bin_edges)
+    result, bin_edges, selection = _fit_fold(config, inputs, fit, val, options, device)
     outputs = predict_outputs(result.model, dataset, test, config.batch_size, config.num_workers)
-    predictions = outputs_to_predictions(outputs, cohort.task, config.survival_loss)
+    predictions = outputs_to_predictions(outputs, cohort.task, config.survival_output)
     metrics = _fold_metrics(cohort, test, train, predictions)
     fold_rows = prediction_rows(cohort, test, predictions, k)
     names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
@@ -263,16 +366,37 @@ def _train_fold(
     extra = {
         "history.json": result.history,
         "metrics.json": metrics,
+        "selection.json": selection,
         "predictions.json": fold_rows,
         "split.json": {name: cohort.subset(idx).case_ids for name, idx in (("fit", fit), ("val", val), ("test", test))},
     }
-    fold = {"metrics": metrics, "rows": fold_rows, "history": result.history}
-    return fold, result.model, _model_config(config, inputs, out_dim, bin_edges, k, run_key), extra
+    fold = {"metrics": metrics, "rows": fold_rows, "history": result.history, "selection": selection}
+    model_config = _model_config(config, inputs, result.model.out_dim, bin_edges, k, run_key)
+    return fold, result.model, model_config, extra
 
 
-def _pooled_results(config: MILTrainConfig, cohort: Cohort, folds: list[dict], folder: RunFolder) -> MILTrainResult:
+def _baseline_results(config: MILTrainConfig, inputs: MILInputs, splits, device) -> dict:
+    """The linear baseline's metrics in the run's folds (fitted on each fold's training cases, tested on its test
+    cases): ``{"model": "linear", metric: {"folds", "mean", "std"}, ...}``."""
+    cohort = inputs.cohort
+    per_fold = []
+    for k, (train, test) in enumerate(splits):
+        linear = fit_linear(inputs.dataset, train, config.seed + k)
+        model = linear_model(linear, inputs.feature_dim, inputs.text_dim, config.fusion).to(device)
+        outputs = predict_outputs(model, inputs.dataset, test, config.batch_size, config.num_workers)
+        per_fold.append(_fold_metrics(cohort, test, train, outputs_to_predictions(outputs, cohort.task, "cox")))
+    names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
+    results = summarize(per_fold, names)
+    logger.info("linear baseline: %s", {n: round(m["mean"], 4) for n, m in results.items()})
+    return {"model": "linear", **results}
+
+
+def _pooled_results(
+    config: MILTrainConfig, cohort: Cohort, folds: list[dict], folder: RunFolder, baseline: dict | None
+) -> MILTrainResult:
     """The folds' predictions in manifest order (with risk groups and Kaplan-Meier curves for survival), their
-    metrics summarised, and the provenance record, written into the run folder."""
+    metrics summarised, whether the model learned, the ``baseline``'s results when run, and the provenance record,
+    written into the run folder."""
     rows = [row for fold in folds for row in fold["rows"]]
     order = {c: i for i, c in enumerate(cohort.case_ids)}
     rows.sort(key=lambda r: order[r["case_id"]])
@@ -290,6 +414,10 @@ def _pooled_results(config: MILTrainConfig, cohort: Cohort, folds: list[dict], f
     names = CLASSIFICATION_METRICS if cohort.task == "classification" else SURVIVAL_METRICS
     per_fold = [fold["metrics"] for fold in folds]
     results = summarize(per_fold, names)
+    val_metrics = [fold["selection"]["val_metric"] for fold in folds]
+    results["learned"] = learning_report(names[0], val_metrics, results[names[0]]["mean"])
+    if baseline is not None:
+        results["baseline"] = baseline
     write_json(folder.path / "results.json", results)
     record = provenance({k: v for k, v in asdict(config).items() if k != "progress"})
     record.update({"n_cases": len(cohort), "classes": cohort.classes, "logrank_p": logrank, "results": results})
@@ -326,4 +454,7 @@ def train_mil(config: MILTrainConfig) -> MILTrainResult:
             folder.will_write(fold_dir.name)
             save_mil_model(model, fold_dir, model_config, extra)
         folds.append(fold)
-    return _pooled_results(config, cohort, folds, folder)
+    baseline = (
+        _baseline_results(config, inputs, splits, device) if config.baseline and config.model != "linear" else None
+    )
+    return _pooled_results(config, cohort, folds, folder, baseline)

@@ -51,7 +51,7 @@ def _represent(models, record: SlideRecord) -> np.ndarray:
                 f"{features.shape[1]}-d {record.feature_kind} features"
             )
         device = next(saved.model.parameters()).device
-        pooled, _ = saved.model.aggregator(torch.from_numpy(features).to(device))
+        pooled, _ = saved.model.aggregate(torch.from_numpy(features).to(device))  # standardised as in training
         pooled = pooled.float().cpu().numpy().astype(np.float64)
         parts.append(pooled / max(np.linalg.norm(pooled), 1e-12))
     return np.concatenate(parts) / np.sqrt(len(parts))
