@@ -105,10 +105,9 @@ def build_test_index(folder: Path, sample_slide: Path, tokenizer: Path) -> Path:
     ``musk.search.build_index`` with the tiny model's seed-0 random weights; returns the index folder."""
     import shutil
 
-    from musk.search import build_index
-
     from musk import load
     from musk.cli import main
+    from musk.search import build_index
 
     slides = folder / "slides"
     slides.mkdir()
