@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
 import signal
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
@@ -138,9 +138,12 @@ def test_an_idle_connection_outlives_a_clients_own_keep_alive(slow_service):
     """A client (httpx: 5 s) or proxy lets an idle connection go before the service does; with equal timeouts the
     service closes it as the client sends on it, and the client gets a reset instead of an answer."""
     url = urlparse(slow_service.url)
-    request = f"GET /healthz HTTP/1.1\r\nHost: {url.hostname}\r\n\r\n".encode()
-    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
         for pause in (0, 6):  # 6 s: past httpx's keep-alive expiry
             time.sleep(pause)
-            conn.sendall(request)
-            assert conn.recv(4096).startswith(b"HTTP/1.1 200"), f"no answer on a connection idle for {pause} s"
+            conn.request("GET", "/healthz")  # on the same connection (http.client reconnects only when told)
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b'{"status":"ok"}'), f"after {pause} s idle"
+    finally:
+        conn.close()
