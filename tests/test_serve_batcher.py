@@ -128,3 +128,44 @@ def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
     with pytest.raises(ValueError, match="at least one item"):
         other.submit("k", [])
     other.close()
+
+
+def test_image_batches_keep_every_core_after_images_are_decoded(monkeypatch):
+    """Image batches run as one stream per core, fixed when the engine starts: torch's thread count is
+    process-wide, so a count read later (after decoding) gave the large model one stream on one thread."""
+    import asyncio
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    import musk
+    from musk.serve import ServeSettings
+    from musk.serve.engine import Engine
+    from musk.streams import default_streams
+
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("one intra-op thread: every stream count is 1")
+    lm = musk.load("musk_tiny_patch16_64", weights=musk.models.weights.NO_WEIGHTS)
+    engine = Engine(lm, ServeSettings())
+    seen = []
+    embed = lm.embed_images
+    monkeypatch.setattr(lm, "embed_images", lambda *a, **k: seen.append(k["streams"]) or embed(*a, **k))
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 96), (200, 120, 160)).save(buffer, "PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+
+    async def one_request():
+        tensors = await engine.images([image, image], "input")
+        return await engine.embed_images(tensors, with_head=True, normalize=True, ms_aug=False)
+
+    try:
+        rows = asyncio.run(one_request())
+        assert default_streams("cpu") == 1  # what a count read now would give
+    finally:
+        engine.close()
+        torch.set_num_threads(threads)
+    assert rows.shape == (2, lm.embed_dim)
+    assert seen == [threads]  # one stream per core, though the decoders left the process one thread

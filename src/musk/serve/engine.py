@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..streams import default_streams
 from ..zeroshot import class_prompts
 from .batcher import Batcher, Closed, QueueFull
 from .errors import Unavailable
@@ -40,6 +41,12 @@ class Engine:
             max_queue=settings.max_queue,
         )
         self._decoders = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))
+        self.streams = settings.streams or default_streams(lm.device)
+        if torch.device(lm.device).type == "cpu":
+            # One intra-op thread for the process (the count is process-wide): image batches run as ``streams``
+            # concurrent one-thread calls over every core (musk.streams), and the decoders' small tensor work
+            # does not start thread teams that spin on the cores the model needs.
+            torch.set_num_threads(1)
         self._classes: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._in_flight = 0  # items admitted and not yet answered (changed on the event loop only)
 
@@ -64,9 +71,6 @@ class Engine:
         thread per CPU core at most for a request (a thread hop per image costs more than it saves)."""
 
         def decode(first: int, texts: Sequence[str]) -> list[torch.Tensor]:
-            # One OpenMP thread in this worker (a per-thread setting): a team of its own would spin on the cores
-            # the model and the other decoders need.
-            torch.set_num_threads(1)
             return [self.lm.transform(self._decode(text, f"{field}[{first + i}]")) for i, text in enumerate(texts)]
 
         step = max(1, -(-len(encoded) // int(self._decoders.total_tokens)))
@@ -116,7 +120,7 @@ class Engine:
         kind, with_head, normalize, *rest = key
         options = {"with_head": with_head, "normalize": normalize, "batch_size": self.settings.max_batch}
         if kind == "image":
-            return self.lm.embed_images(items, ms_aug=rest[0], streams=self.settings.streams, **options).vectors
+            return self.lm.embed_images(items, ms_aug=rest[0], streams=self.streams, **options).vectors
         return self.lm.embed_texts(items, **options)
 
     def _submit(self, key: tuple | None, payload: Any) -> Future:
