@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..wsi.h5 import PatchFile, _h5py, _plain
+from ..wsi.h5 import PatchFile, import_h5py, plain_value
 
 __all__ = ["MAX_PATCHES", "MAX_WIDTH", "FeatureShape", "available_memory", "check_feature_file", "read_feature_file"]
 
@@ -58,7 +58,7 @@ def available_memory() -> int:
 
 def _stored_dataset(f, path: Path, name: str):
     """The dataset ``name`` of the open file ``f``, refused unless its data is stored in this file."""
-    h5py = _h5py()
+    h5py = import_h5py()
     link = f.get(name, getlink=True)
     if link is None:
         raise ValueError(f"{path} has no {name!r} dataset (it has: {', '.join(f.keys()) or 'nothing'}); {_FIX}")
@@ -107,7 +107,7 @@ def _check_coords(path: Path, coords, patches: int) -> None:
 @contextmanager
 def _checked(path: str | os.PathLike) -> Iterator[tuple[object, object, object, FeatureShape]]:
     """The open file, its ``features`` and ``coords`` datasets and their shape, after the checks of this module."""
-    h5py = _h5py()
+    h5py = import_h5py()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no feature file at {path}" + (" (not a regular file)" if path.exists() else ""))
@@ -147,4 +147,4 @@ def read_feature_file(path: str | os.PathLike) -> PatchFile:
     module (NaN or infinite values refused too: one such value makes every loss NaN)."""
     with _checked(path) as (f, features, coords, _):
         values = finite_features(path, features[()])
-        return PatchFile(coords[()], {"features": values}, {k: _plain(v) for k, v in f.attrs.items()})
+        return PatchFile(coords[()], {"features": values}, {k: plain_value(v) for k, v in f.attrs.items()})

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..messages import listing
+from ..wsi.h5 import import_h5py, plain_value
 from .records import SearchError
 
 __all__ = ["FEATURE_KINDS", "FeatureHeader", "FeatureSource", "find_sources", "read_chunks", "read_header"]
@@ -118,26 +119,18 @@ def _job_sources(job_dir: Path) -> list[FeatureSource]:
     return sources
 
 
-def _h5py():
-    from ..wsi.h5 import _h5py as load
-
-    return load()
-
-
 def _attrs(f) -> dict:
     """Attributes of the file, then of ``coords``, then of ``features`` (TRIDENT puts them on the datasets)."""
-    from ..wsi.h5 import _plain
-
     merged = {}
     for node in (f, f.get("coords"), f.get("features")):
         if node is not None:
-            merged |= {k: _plain(v) for k, v in node.attrs.items() if k not in merged}
+            merged |= {k: plain_value(v) for k, v in node.attrs.items() if k not in merged}
     return merged
 
 
 def read_header(source: FeatureSource) -> FeatureHeader:
     """The checked header of ``source``'s h5 file (no features read); ``SearchError`` says what is missing."""
-    h5py = _h5py()
+    h5py = import_h5py()
     path = source.features
     try:
         f = h5py.File(path, "r")
@@ -180,7 +173,7 @@ def _optional(attrs: dict, key: str, kind: type):
 def read_chunks(path: Path, rows: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(coords, features)`` of an h5 file, ``rows`` patches at a time (one slide never needs to fit in memory);
     NaN or infinite features raise ``SearchError`` naming the file."""
-    with _h5py().File(path, "r") as f:
+    with import_h5py().File(path, "r") as f:
         coords, features = f["coords"], f["features"]
         for start in range(0, len(features), rows):
             chunk = np.asarray(features[start : start + rows], dtype=np.float32)

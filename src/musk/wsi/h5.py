@@ -56,7 +56,8 @@ class PatchFile:
         return len(self.coords)
 
 
-def _h5py():
+def import_h5py():
+    """The h5py module, or an ImportError that says which extra provides it."""
     try:
         import h5py
     except ImportError as e:
@@ -82,7 +83,7 @@ def write_patch_file(
         if value.shape[:1] != coords.shape[:1]:
             raise ValueError(f"{name!r} has {value.shape[0]} rows but there are {len(coords)} coordinates")
         checked[name] = value
-    h5py = _h5py()
+    h5py = import_h5py()
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -101,7 +102,7 @@ def write_patch_file(
 
 def read_patch_file(path: str | os.PathLike, arrays: tuple[str, ...] | None = None) -> PatchFile:
     """Read an h5 patch file: every dataset, or only ``coords`` and the named ``arrays``."""
-    h5py = _h5py()
+    h5py = import_h5py()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no h5 file at {path}")
@@ -116,7 +117,7 @@ def read_patch_file(path: str | os.PathLike, arrays: tuple[str, ...] | None = No
         missing = [k for k in wanted if k not in f]
         if missing:
             raise ValueError(f"{path} has no {', '.join(map(repr, missing))} dataset (it has: {', '.join(f.keys())})")
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        attrs = {k: plain_value(v) for k, v in f.attrs.items()}
         return PatchFile(f["coords"][()], {k: f[k][()] for k in wanted}, attrs)
 
 
@@ -127,7 +128,7 @@ def patch_file_problem(path: str | os.PathLike, arrays: tuple[str, ...] = ()) ->
     path = Path(path)
     if not path.is_file():
         return "missing"
-    h5py = _h5py()
+    h5py = import_h5py()
     try:
         with h5py.File(path, "r") as f:
             size = path.stat().st_size
@@ -153,7 +154,7 @@ def _dataset_problem(dataset, name: str, file_size: int, h5py) -> str | None:
     return None
 
 
-def _plain(value: object) -> object:
+def plain_value(value: object) -> object:
     """h5 attribute values as plain Python (numpy scalars and bytes become int/float/str)."""
     if isinstance(value, bytes):
         return value.decode()
