@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import http.client
 import json
 import os
 import socket
@@ -133,15 +134,25 @@ def direct_rate(lm, paths: list[Path], batch_size: int) -> float:
 
 def service_rate(url: str, bodies: list[tuple[int, bytes]], clients: int) -> float:
     """Images per second with ``clients`` threads each sending its share of ``bodies`` (image count, JSON) one
-    after another."""
+    after another, over one kept-alive connection each. The standard library's client: it costs the shared
+    cores a sixth of the CPU per request that httpx's does (0.3 against 1.9 ms for 4 images), and what is measured
+    is the service."""
+    host, port = url.removeprefix("http://").split(":")
     shares = [bodies[i::clients] for i in range(clients)]
 
     def work(share: list[tuple[int, bytes]]) -> int:
         done = 0
-        with httpx.Client(base_url=url, timeout=300) as client:
-            for body in share:
-                client.post("/v1/embeddings", content=body[1], headers=JSON).raise_for_status()
-                done += body[0]
+        connection = http.client.HTTPConnection(host, int(port), timeout=300)
+        try:
+            for count, body in share:
+                connection.request("POST", "/v1/embeddings", body, JSON)
+                response = connection.getresponse()
+                answer = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"the service answered {response.status}: {answer[:300]!r}")
+                done += count
+        finally:
+            connection.close()
         return done
 
     with ThreadPoolExecutor(clients) as pool:
@@ -208,6 +219,9 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
+        for line in (Path(tmp) / "serve.log").read_text().splitlines():
+            if "concurrent model calls" in line:  # the engine's choice of streams (musk.serve.engine)
+                print("service:", line.split(":", 2)[-1].strip())
 
 
 def run_measurements(args, lm, paths, bodies, url, pid: int) -> None:

@@ -130,42 +130,101 @@ def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
     other.close()
 
 
-def test_image_batches_keep_every_core_after_images_are_decoded(monkeypatch):
-    """Image batches run as one stream per core, fixed when the engine starts: torch's thread count is
-    process-wide, so a count read later (after decoding) gave the large model one stream on one thread."""
-    import asyncio
-    import base64
-    import io
-
-    import torch
-    from PIL import Image
-
+def _engine_and_streams_seen(monkeypatch, **settings):
+    """A tiny-model engine, and the stream counts its image batches are run with."""
     import musk
     from musk.serve import ServeSettings
     from musk.serve.engine import Engine
-    from musk.streams import default_streams
 
-    threads = torch.get_num_threads()
-    if threads < 2:
-        pytest.skip("one intra-op thread: every stream count is 1")
     lm = musk.load("musk_tiny_patch16_64", weights=musk.models.weights.NO_WEIGHTS)
-    engine = Engine(lm, ServeSettings())
+    engine = Engine(lm, ServeSettings(**settings))
     seen = []
     embed = lm.embed_images
     monkeypatch.setattr(lm, "embed_images", lambda *a, **k: seen.append(k["streams"]) or embed(*a, **k))
+    return engine, seen
+
+
+def _encoded(side: int, format: str) -> str:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
     buffer = io.BytesIO()
-    Image.new("RGB", (96, 96), (200, 120, 160)).save(buffer, "PNG")
-    image = base64.b64encode(buffer.getvalue()).decode()
+    pixels = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _embed_twice(engine, image: str):
+    import asyncio
 
     async def one_request():
         tensors = await engine.images([image, image], "input")
         return await engine.embed_images(tensors, with_head=True, normalize=True, ms_aug=False)
 
+    return [asyncio.run(one_request()) for _ in range(2)]
+
+
+@pytest.fixture
+def cores():
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("one intra-op thread: every stream count is 1")
+    yield threads
+    torch.set_num_threads(threads)
+
+
+def test_a_model_that_costs_more_than_decoding_keeps_every_core(monkeypatch, cores):
+    """While the model costs more per image than decoding one, image batches run as one stream per core, counted
+    when the engine starts: torch's thread count is process-wide, so a count read later (after decoding) gave the
+    large model one stream on one thread."""
+    from musk.serve import engine as engine_module
+    from musk.streams import default_streams
+
+    monkeypatch.setattr(engine_module, "model_cost_ms", lambda lm, max_batch: 1e6)  # as the large model on a CPU
+    engine, seen = _engine_and_streams_seen(monkeypatch)
     try:
-        rows = asyncio.run(one_request())
+        rows = _embed_twice(engine, _encoded(96, "PNG"))
         assert default_streams("cpu") == 1  # what a count read now would give
     finally:
         engine.close()
-        torch.set_num_threads(threads)
-    assert rows.shape == (2, lm.embed_dim)
-    assert seen == [threads]  # one stream per core, though the decoders left the process one thread
+    assert rows[0].shape == (2, engine.lm.embed_dim)
+    assert seen == [cores, cores]
+
+
+def test_a_model_cheaper_than_decoding_leaves_the_other_cores_to_the_decoders(monkeypatch, cores):
+    """The tiny model on 1000-px JPEGs: decoding an image costs far more than the model, measured on the requests,
+    so batches run as one call; ``--streams`` overrides the measured choice."""
+    engine, seen = _engine_and_streams_seen(monkeypatch)
+    image = _encoded(1000, "JPEG")
+    try:
+        _embed_twice(engine, image)
+        assert engine.decode_ms > 2 * engine.model_ms
+    finally:
+        engine.close()
+    assert seen == [1, 1]
+    engine, seen = _engine_and_streams_seen(monkeypatch, streams=3)
+    try:
+        _embed_twice(engine, image)
+    finally:
+        engine.close()
+    assert engine.model_ms is None and seen == [3, 3]
+
+
+def test_the_stream_choice_changes_only_past_a_clear_margin(monkeypatch, cores):
+    """One call once decoding costs over twice the model; every core again only when the model costs more than
+    decoding: costs in between keep the choice (measurements near one threshold do not flap)."""
+    from musk.serve import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "model_cost_ms", lambda lm, max_batch: 1.0)
+    engine, _ = _engine_and_streams_seen(monkeypatch)
+    engine.close()
+    chosen = []
+    for decode_ms in (0.5, 1.5, 2.5, 1.5, 1.1, 0.9, 1.5):
+        engine.decode_ms = decode_ms
+        chosen.append(engine.streams)
+    assert chosen == [cores, cores, 1, 1, 1, cores, cores]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -23,6 +25,7 @@ from .images import decode_base64, open_image
 from .settings import ServeSettings
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 #: Class embeddings kept for repeated zero-shot requests (a LIMS sends the same classes every time).
 CLASS_CACHE_SIZE = 64
@@ -41,14 +44,35 @@ class Engine:
             max_queue=settings.max_queue,
         )
         self._decoders = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))
-        self.streams = settings.streams or default_streams(lm.device)
-        if torch.device(lm.device).type == "cpu":
+        self.cores = default_streams(lm.device)  # read before the count is set to one below
+        cpu = torch.device(lm.device).type == "cpu"
+        measure = cpu and self.cores > 1 and not settings.streams
+        self.model_ms = model_cost_ms(lm, settings.max_batch) if measure else None
+        self.decode_ms: float | None = None  # CPU ms per image of decoding, a running mean over the requests
+        self._one_stream = False
+        self._streams_used: int | None = None
+        if cpu:
             # One intra-op thread for the process (the count is process-wide): image batches run as ``streams``
-            # concurrent one-thread calls over every core (musk.streams), and the decoders' small tensor work
-            # does not start thread teams that spin on the cores the model needs.
+            # concurrent one-thread calls (musk.streams), and the decoders' small tensor work does not start
+            # thread teams that spin on the cores the model needs.
             torch.set_num_threads(1)
         self._classes: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._in_flight = 0  # items admitted and not yet answered (changed on the event loop only)
+
+    @property
+    def streams(self) -> int:
+        """Concurrent model calls per image batch: ``--streams`` when given; else on CPU one per core until
+        decoding an image costs twice what the model does, then a single call until the model costs more than
+        decoding again (the decoders then need the other cores, and more calls of a cheap model only queue with
+        them for the GIL; the gap between the two thresholds keeps the choice from flapping)."""
+        if self.settings.streams:
+            return self.settings.streams
+        if self.model_ms is not None and self.decode_ms is not None:
+            if self.decode_ms > 2 * self.model_ms:
+                self._one_stream = True
+            elif self.decode_ms < self.model_ms:
+                self._one_stream = False
+        return 1 if self._one_stream else self.cores
 
     def close(self, timeout: float | None = None) -> None:
         self.batcher.close(timeout)
@@ -71,7 +95,10 @@ class Engine:
         thread per CPU core at most for a request (a thread hop per image costs more than it saves)."""
 
         def decode(first: int, texts: Sequence[str]) -> list[torch.Tensor]:
-            return [self.lm.transform(self._decode(text, f"{field}[{first + i}]")) for i, text in enumerate(texts)]
+            start = time.thread_time()
+            tensors = [self.lm.transform(self._decode(text, f"{field}[{first + i}]")) for i, text in enumerate(texts)]
+            self._count_decoding(1000 * (time.thread_time() - start) / len(texts))
+            return tensors
 
         step = max(1, -(-len(encoded) // int(self._decoders.total_tokens)))
         parts = [(first, encoded[first : first + step]) for first in range(0, len(encoded), step)]
@@ -81,6 +108,10 @@ class Engine:
     async def picture(self, encoded: str, field: str) -> Image.Image:
         """A base64 image as an RGB PIL image, decoded in a worker thread."""
         return await anyio.to_thread.run_sync(self._decode, encoded, field, limiter=self._decoders)
+
+    def _count_decoding(self, ms_per_image: float) -> None:
+        old = self.decode_ms
+        self.decode_ms = ms_per_image if old is None else old + (ms_per_image - old) / 16
 
     def _decode(self, encoded: str, what: str) -> Image.Image:
         return open_image(decode_base64(encoded, what), self.settings.max_image_pixels, what)
@@ -120,8 +151,16 @@ class Engine:
         kind, with_head, normalize, *rest = key
         options = {"with_head": with_head, "normalize": normalize, "batch_size": self.settings.max_batch}
         if kind == "image":
-            return self.lm.embed_images(items, ms_aug=rest[0], streams=self.streams, **options).vectors
+            return self.lm.embed_images(items, ms_aug=rest[0], streams=self._batch_streams(), **options).vectors
         return self.lm.embed_texts(items, **options)
+
+    def _batch_streams(self) -> int:
+        streams = self.streams
+        if streams != self._streams_used:
+            logger.info("image batches run as %d concurrent model calls (model %s ms per image, decoding %s ms)",
+                        streams, _ms(self.model_ms), _ms(self.decode_ms))  # fmt: skip
+            self._streams_used = streams
+        return streams
 
     def _submit(self, key: tuple | None, payload: Any) -> Future:
         try:
@@ -139,3 +178,28 @@ class Engine:
         except asyncio.TimeoutError:
             future.cancel()
             raise Unavailable(503, f"the request was not answered within {self.settings.timeout_s:g} s") from None
+
+
+def model_cost_ms(lm, max_batch: int, enough_s: float = 0.05) -> float:
+    """CPU milliseconds per image of a one-thread model call, on batches doubled from one image until a call
+    takes ``enough_s`` or the batch is ``max_batch`` (a cheap model's cost per call is mostly overhead that a
+    batch shares), after a one-image warm-up call."""
+    image = torch.zeros(*lm.model.pretrained_cfg["input_size"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lm.embed_images([image], streams=1)
+        size = 1
+        while True:
+            start = time.thread_time()
+            lm.embed_images([image] * size, streams=1, batch_size=size)
+            seconds = time.thread_time() - start
+            if seconds >= enough_s or size >= max_batch:
+                return 1000 * seconds / size
+            size = min(2 * size, max_batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ms(value: float | None) -> str:
+    return "unmeasured" if value is None else f"{value:.2f}"
