@@ -226,5 +226,5 @@ def test_the_stream_choice_changes_only_past_a_clear_margin(monkeypatch, cores):
     chosen = []
     for decode_ms in (0.5, 1.5, 2.5, 1.5, 1.1, 0.9, 1.5):
         engine.decode_ms = decode_ms
-        chosen.append(engine.streams)
+        chosen.append(engine.image_streams())
     assert chosen == [cores, cores, 1, 1, 1, cores, cores]

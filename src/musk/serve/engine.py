@@ -59,9 +59,8 @@ class Engine:
         self._classes: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._in_flight = 0  # items admitted and not yet answered (changed on the event loop only)
 
-    @property
-    def streams(self) -> int:
-        """Concurrent model calls per image batch: ``--streams`` when given; else on CPU one per core until
+    def image_streams(self) -> int:
+        """Concurrent model calls for the next image batch: ``--streams`` when given; else on CPU one per core until
         decoding an image costs twice what the model does, then a single call until the model costs more than
         decoding again (the decoders then need the other cores, and more calls of a cheap model only queue with
         them for the GIL; the gap between the two thresholds keeps the choice from flapping)."""
@@ -155,7 +154,7 @@ class Engine:
         return self.lm.embed_texts(items, **options)
 
     def _batch_streams(self) -> int:
-        streams = self.streams
+        streams = self.image_streams()
         if streams != self._streams_used:
             logger.info("image batches run as %d concurrent model calls (model %s ms per image, decoding %s ms)",
                         streams, _ms(self.model_ms), _ms(self.decode_ms))  # fmt: skip
