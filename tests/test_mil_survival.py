@@ -137,3 +137,60 @@ def test_the_default_survival_model_reaches_the_ridge_cox_baseline(tmp_path, nam
     for loss, result in results.items():
         assert result["c_index"]["mean"] >= baseline - 0.02, (loss, result["c_index"]["mean"], baseline)
         assert result["learned"]["learned"] is True
+
+
+def test_a_survival_model_starts_as_the_linear_baseline_and_keeps_it_when_saved(tmp_path):
+    """With ``--start baseline`` a survival model's outputs start as the fold's ridge Cox risk: untrained (``--lr
+    0``) its out-of-fold risks are the linear baseline's in the same folds, and so are those of its saved fold
+    model; with the default ``--start zero`` every case starts alike."""
+    import pandas as pd
+
+    from mil_cohorts import prognostic_cohort
+    from musk.cli import main
+    from musk.mil import predict_mil
+
+    manifest, features, _ = prognostic_cohort(tmp_path / "cohort", n_cases=60, dim=32, patches=(10, 20), seed=5)
+    common = ["--task", "survival", "--manifest", str(manifest), "--features_dir", str(features), "--folds", "3"]
+    common += ["--device", "cpu", "--survival_loss", "cox", "--epochs", "2"]
+    for name, extra in (
+        ("linear", ["--model", "linear"]),
+        ("start", ["--lr", "0", "--start", "baseline"]),
+        ("zero", ["--lr", "0"]),
+    ):
+        assert main(["mil", "train", *common, *extra, "-o", str(tmp_path / name)]) == 0
+    tables = {name: pd.read_csv(tmp_path / name / "predictions.csv") for name in ("linear", "start", "zero")}
+    assert (tables["start"].case_id == tables["linear"].case_id).all()
+    gap = tables["start"].risk - tables["linear"].risk  # the Cox head's bias shifts a fold's risks alike
+    assert gap.groupby(tables["start"].fold).agg(np.ptp).max() < 1e-4
+    assert np.ptp(tables["linear"].risk) > 0.1
+    assert tables["zero"].risk.groupby(tables["zero"].fold).agg(np.ptp).max() < 1e-6
+    saved = {name: predict_mil(tmp_path / name / "fold_0", manifest, features) for name in ("linear", "start")}
+    assert np.ptp(saved["start"].predictions - saved["linear"].predictions) < 1e-4
+    config = json.loads((tmp_path / "start" / "fold_0" / "config.json").read_text())
+    assert config["from_baseline"] is True
+
+
+def test_a_baseline_start_reads_the_mean_feature_then_the_report():
+    """The baseline's part of the outputs is its fit on the case vector of ``musk.mil.baseline``: the bag's mean
+    feature, then the report vector; the head's part starts as its bias alone."""
+    from musk.mil.models import MILModel
+
+    torch.manual_seed(0)
+    model = MILModel(1, 6, 4, "abmil", "concat", hidden=8, from_baseline=True, standardise=True).eval()
+    mean, scale, coef = torch.randn(10), torch.rand(10) + 0.5, torch.randn(1, 10)
+    model.set_baseline(mean, scale, coef, torch.tensor([0.3]))
+    features, text = torch.randn(7, 6), torch.randn(4)
+    expected = ((torch.cat([features.mean(0), text]) - mean) / scale) @ coef.T + 0.3
+    torch.testing.assert_close(model(features, text)[0], expected + model.head.bias)  # the head's weights are zero
+    with pytest.raises(ValueError, match="linear model is the baseline"):
+        MILModel(1, 6, model="linear", from_baseline=True)
+
+
+def test_a_baseline_start_is_for_survival_models():
+    from musk.mil import MILTrainConfig
+
+    with pytest.raises(ValueError, match="start 'baseline' is for survival"):
+        MILTrainConfig(task="classification", start="baseline")
+    assert MILTrainConfig(task="survival", start="baseline").starts_from_baseline
+    assert not MILTrainConfig(task="survival", model="linear", start="baseline").starts_from_baseline
+    assert not MILTrainConfig(task="survival").starts_from_baseline

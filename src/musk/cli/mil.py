@@ -50,7 +50,7 @@ def _add_train(commands) -> None:
     from ..mil.losses import HAZARDS, SURVIVAL_LOSSES
     from ..mil.manifest import TASKS
     from ..mil.models import AGGREGATORS, FUSIONS
-    from ..mil.train import TASK_DEFAULTS, MILTrainConfig
+    from ..mil.train import STARTS, TASK_DEFAULTS, MILTrainConfig
 
     d = MILTrainConfig()
 
@@ -95,6 +95,12 @@ def _add_train(commands) -> None:
         "--uncensored_weight",
         type=float,
         help=f"nll loss: censored cases count 1 - this (default: {d.uncensored_weight})",
+    )
+    p.add_argument(
+        "--start",
+        choices=STARTS,
+        help="zero: every case starts alike; baseline (survival): the fold's ridge Cox risk is part of the outputs, "
+        f"and the model learns what it misses (default: {d.start})",
     )
     p.add_argument(
         "--select", choices=SELECTIONS, help=f"which epoch is kept, by the validation cases (default: {d.select})"

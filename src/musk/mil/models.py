@@ -14,6 +14,7 @@ __all__ = [
     "AGGREGATORS",
     "FUSIONS",
     "ABMIL",
+    "BaselineRisk",
     "MILModel",
     "MeanFeatures",
     "MeanPool",
@@ -128,6 +129,29 @@ class TransformerMIL(nn.Module):
         return self.norm(tokens[0, 0]), weights / weights.sum().clamp_min(1e-12)
 
 
+class BaselineRisk(nn.Module):
+    """The linear baseline's output on a case vector (its mean feature, then its report vector), fixed, times a
+    learned ``weight`` that starts at 1: added to a slide-level model's output, it starts the model at the
+    baseline and leaves the model to learn what the baseline misses."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("scale", torch.ones(width))
+        self.register_buffer("coef", torch.zeros(1, width))
+        self.register_buffer("intercept", torch.zeros(1))
+        self.weight = nn.Parameter(torch.ones(()))
+
+    @torch.no_grad()
+    def set(self, mean, scale, coef, intercept) -> None:
+        """The baseline's fit: ``outputs = ((x - mean) / scale) @ coef.T + intercept`` with one output."""
+        for name, value in (("mean", mean), ("scale", scale), ("coef", coef), ("intercept", intercept)):
+            getattr(self, name).copy_(torch.as_tensor(value).reshape(getattr(self, name).shape))
+
+    def forward(self, vector: torch.Tensor) -> torch.Tensor:
+        return self.weight * (((vector - self.mean) / self.scale) @ self.coef.T + self.intercept)
+
+
 def build_aggregator(name: str, in_dim: int, hidden: int, dropout: float) -> nn.Module:
     if name == "abmil":
         return ABMIL(in_dim, hidden, max(hidden // 2, 1), dropout)
@@ -151,6 +175,8 @@ class MILModel(nn.Module):
     ``standardise``: patch features enter as ``(x - mean) / scale``, per feature, with the training cases' values
     (:meth:`set_feature_scale`; saved with the weights). The head's weights start at zero: every case starts with
     the same outputs (the intercepts), and training moves the cases apart only as far as the data ask.
+    ``from_baseline``: a :class:`BaselineRisk` (set with :meth:`set_baseline`) is added to the outputs, so the
+    model starts as the linear baseline (one output: survival's risk score).
     """
 
     def __init__(
@@ -164,6 +190,7 @@ class MILModel(nn.Module):
         dropout: float = 0.25,
         proportional: bool = False,
         standardise: bool = False,
+        from_baseline: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -190,6 +217,10 @@ class MILModel(nn.Module):
         self.head = nn.Linear(width, 1 if proportional else out_dim, bias=not proportional)
         nn.init.zeros_(self.head.weight)
         self.bin_bias = nn.Parameter(torch.zeros(out_dim)) if proportional else None
+        if from_baseline and model == "linear":
+            raise ValueError("the linear model is the baseline: it cannot start from it")
+        reads = [dim for dim, used in ((feature_dim, fusion != "text_only"), (text_dim, fusion != "none")) if used]
+        self.baseline = BaselineRisk(sum(reads)) if from_baseline else None
 
     @torch.no_grad()
     def set_feature_scale(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
@@ -204,6 +235,12 @@ class MILModel(nn.Module):
         """Start the outputs' intercepts (the bins' ``b_k``, or the head's bias) at ``values`` (out_dim,)."""
         bias = self.bin_bias if self.bin_bias is not None else self.head.bias
         bias.copy_(torch.as_tensor(values, dtype=bias.dtype))
+
+    def set_baseline(self, mean, scale, coef, intercept) -> None:
+        """The linear baseline's fit that the outputs start from (``from_baseline=True``; see :class:`BaselineRisk`)."""
+        if self.baseline is None:
+            raise ValueError("this model does not start from the baseline (from_baseline=False)")
+        self.baseline.set(mean, scale, coef, intercept)
 
     def aggregate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One bag (N, D) -> (slide embedding, patch weights (N,)), features standardised first when the model
@@ -235,4 +272,8 @@ class MILModel(nn.Module):
             gate = torch.sigmoid(self.gate(torch.cat([slide, report])))
             joint = gate * slide + (1 - gate) * report
         out = self.head(joint)
+        if self.baseline is not None:  # the case vector of musk.mil.baseline: mean feature, then report
+            parts = [features.float().mean(0)] if self.aggregator is not None else []
+            parts += [text.float().reshape(-1)] if self.text_proj is not None else []
+            out = out + self.baseline(torch.cat(parts))
         return (out if self.bin_bias is None else out + self.bin_bias), weights

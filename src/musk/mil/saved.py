@@ -99,6 +99,7 @@ def _load_one(directory: Path, device: torch.device | str, dtype: torch.dtype) -
             **{k: config[k] for k in _ARCH_KEYS},
             proportional=bool(config.get("proportional")),
             standardise=bool(config.get("standardise")),
+            from_baseline=bool(config.get("from_baseline")),
         )
         state = load_file(str(directory / WEIGHTS_FILENAME))
     except (TypeError, ValueError, OSError, SafetensorError) as e:

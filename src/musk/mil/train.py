@@ -69,6 +69,9 @@ logger = logging.getLogger(__name__)
 #: Settings that do not change the models (a finished fold is reused when only they change); ``baseline`` only
 #: adds the linear baseline's results beside them.
 _RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags", "overwrite", "baseline")
+#: How a model's outputs start: ``zero`` (every case alike: the head starts at zero) or ``baseline`` (survival:
+#: the fold's ridge Cox risk is added to the outputs, :class:`~musk.mil.models.BaselineRisk`).
+STARTS = ("zero", "baseline")
 #: The defaults that depend on the task (a setting left at None takes its task's value). Survival models learn
 #: a risk from a few dozen events: plain gradient steps on all of a fold's training cases for a fixed number of
 #: epochs, where AdamW and early stopping on a handful of validation cases learn noise (docs/mil.md, "Survival:
@@ -87,8 +90,9 @@ class MILTrainConfig:
     Reports: a manifest ``report`` column or ``reports`` (folder of ``<case_id>.txt``), embedded with the MUSK
     text encoder ``text_model`` / ``text_weights``; or precomputed ``report_embeddings`` (.npz).
     ``survival_loss``: ``nll`` (discrete time over ``n_bins`` bins at event-time quantiles) or ``cox``.
-    ``val_fraction`` of each fold's training cases is held out for early stopping. ``optimizer``, ``lr`` and
-    ``val_fraction`` left at None take their task's value (:data:`TASK_DEFAULTS`). ``overwrite``: let the run
+    ``val_fraction`` of each fold's training cases is held out for early stopping. ``start``: ``zero`` or
+    ``baseline`` (:data:`STARTS`). ``optimizer``, ``lr`` and ``val_fraction`` left at None take their task's
+    value (:data:`TASK_DEFAULTS`). ``overwrite``: let the run
     replace its own outputs in an ``output_dir`` it would otherwise refuse (:mod:`musk.mil.run_folder`).
     Values are converted and checked by the one converter of :mod:`musk.settings`; build one from YAML and/or
     the command line with :func:`train_config`. ``model="linear"`` is the linear baseline
@@ -114,6 +118,7 @@ class MILTrainConfig:
     hazards: str = "proportional"
     standardise: bool = True
     uncensored_weight: float = 0.0
+    start: str = "zero"
     select: str = "loss"
     folds: int = 5
     val_fraction: float | None = None
@@ -155,6 +160,7 @@ class MILTrainConfig:
             ("select", SELECTIONS),
             ("optimizer", OPTIMIZERS),
             ("precision", PRECISIONS),
+            ("start", STARTS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -165,6 +171,14 @@ class MILTrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.model == "linear" and self.fusion == "gated":
             raise ValueError("the linear model reads slides and reports side by side: use fusion 'concat', not 'gated'")
+        if self.start == "baseline" and self.task != "survival":
+            raise ValueError("start 'baseline' is for survival models (it adds the ridge Cox risk to the outputs)")
+
+    @property
+    def starts_from_baseline(self) -> bool:
+        """Whether each fold's model starts as the linear baseline fitted on its training cases (the linear model
+        is the baseline itself)."""
+        return self.start == "baseline" and self.model != "linear"
 
     @property
     def standardises_features(self) -> bool:
@@ -189,6 +203,8 @@ class MILTrainConfig:
         """Hash of the settings that change the models (not where or how fast they run) and of what they are
         trained on: the cohort's case and slide ids and targets, and the report vectors (not the manifest's path)."""
         settings = {k: v for k, v in asdict(self).items() if k not in (*_RUNTIME_FIELDS, "manifest")}
+        if settings["start"] == "zero":  # added later: at its default, earlier runs keep their keys
+            del settings["start"]
         settings["cohort"] = [
             [c.case_id, c.slide_ids, None if c.label is None else cohort.classes[c.label], c.time, c.event]
             for c in cohort.cases
@@ -254,6 +270,7 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
         "bin_edges": None if bin_edges is None else [float(x) for x in bin_edges],
         "proportional": config.proportional_hazards,
         "standardise": config.standardises_features,
+        "from_baseline": config.starts_from_baseline,
         "text_encoder": None
         if config.fusion == "none"
         else {"model": config.text_model, "weights": config.text_weights, "max_tokens": 100},
@@ -328,10 +345,13 @@ def _fit_fold(
     out_dim, bin_edges, start = _head(config, inputs.cohort, fit)
     model = MILModel(
         out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout,
-        config.proportional_hazards, config.standardises_features,
+        config.proportional_hazards, config.standardises_features, config.starts_from_baseline,
     )  # fmt: skip
     if start is not None:
         model.set_output_bias(torch.as_tensor(start))
+    if config.starts_from_baseline:
+        baseline = fit_linear(inputs.dataset, fit, options.seed)
+        model.set_baseline(baseline.mean, baseline.scale, baseline.coef, baseline.intercept)
     if config.standardises_features:
         model.set_feature_scale(*feature_moments(inputs.dataset, fit))
     result = fit_model(model.to(device), inputs.dataset, fit, val, options, bin_edges)
