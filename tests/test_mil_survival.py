@@ -173,12 +173,14 @@ def test_a_survival_model_starts_as_the_linear_baseline_and_keeps_it_when_saved(
 def test_a_baseline_start_reads_the_mean_feature_then_the_report():
     """The baseline's part of the outputs is its fit on the case vector of ``musk.mil.baseline``: the bag's mean
     feature, then the report vector; the head's part starts as its bias alone."""
+    from types import SimpleNamespace
+
     from musk.mil.models import MILModel
 
     torch.manual_seed(0)
     model = MILModel(1, 6, 4, "abmil", "concat", hidden=8, from_baseline=True, standardise=True).eval()
     mean, scale, coef = torch.randn(10), torch.rand(10) + 0.5, torch.randn(1, 10)
-    model.set_baseline(mean, scale, coef, torch.tensor([0.3]))
+    model.set_baseline(SimpleNamespace(mean=mean, scale=scale, coef=coef, intercept=torch.tensor([0.3])))
     features, text = torch.randn(7, 6), torch.randn(4)
     expected = ((torch.cat([features.mean(0), text]) - mean) / scale) @ coef.T + 0.3
     torch.testing.assert_close(model(features, text)[0], expected + model.head.bias)  # the head's weights are zero

@@ -216,13 +216,5 @@ def linear_model(fit: LinearFit, feature_dim: int | None, text_dim: int | None, 
     """``fit`` as a :class:`MILModel` with ``model="linear"`` (mean feature, then report vector, as in
     :func:`case_vectors`), to be saved and applied like any slide-level model."""
     model = MILModel(len(fit.coef), feature_dim, text_dim, "linear", fusion)
-    parts = [model.aggregator.standardise] if model.aggregator is not None else []
-    parts += [model.text_proj] if model.text_proj is not None else []
-    start = 0
-    for part in parts:
-        part.mean.copy_(torch.as_tensor(fit.mean[start : start + part.out_dim]))
-        part.scale.copy_(torch.as_tensor(fit.scale[start : start + part.out_dim]))
-        start += part.out_dim
-    model.head.weight.copy_(torch.as_tensor(fit.coef))
-    model.head.bias.copy_(torch.as_tensor(fit.intercept))
+    model.set_linear_fit(fit)
     return model.eval()

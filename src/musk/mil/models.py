@@ -130,26 +130,17 @@ class TransformerMIL(nn.Module):
 
 
 class BaselineRisk(nn.Module):
-    """The linear baseline's output on a case vector (its mean feature, then its report vector), fixed, times a
-    learned ``weight`` that starts at 1: added to a slide-level model's output, it starts the model at the
-    baseline and leaves the model to learn what the baseline misses."""
+    """The linear baseline (a ``model="linear"`` :class:`MILModel`, fixed) times a learned ``weight`` that starts
+    at 1: added to a slide-level model's output, it starts the model at the baseline and leaves the model to learn
+    what the baseline misses."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, linear: MILModel) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.zeros(width))
-        self.register_buffer("scale", torch.ones(width))
-        self.register_buffer("coef", torch.zeros(1, width))
-        self.register_buffer("intercept", torch.zeros(1))
+        self.linear = linear.requires_grad_(False)
         self.weight = nn.Parameter(torch.ones(()))
 
-    @torch.no_grad()
-    def set(self, mean, scale, coef, intercept) -> None:
-        """The baseline's fit: ``outputs = ((x - mean) / scale) @ coef.T + intercept`` with one output."""
-        for name, value in (("mean", mean), ("scale", scale), ("coef", coef), ("intercept", intercept)):
-            getattr(self, name).copy_(torch.as_tensor(value).reshape(getattr(self, name).shape))
-
-    def forward(self, vector: torch.Tensor) -> torch.Tensor:
-        return self.weight * (((vector - self.mean) / self.scale) @ self.coef.T + self.intercept)
+    def forward(self, features: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+        return self.weight * self.linear(features, text)[0]
 
 
 def build_aggregator(name: str, in_dim: int, hidden: int, dropout: float) -> nn.Module:
@@ -219,8 +210,10 @@ class MILModel(nn.Module):
         self.bin_bias = nn.Parameter(torch.zeros(out_dim)) if proportional else None
         if from_baseline and model == "linear":
             raise ValueError("the linear model is the baseline: it cannot start from it")
-        reads = [dim for dim, used in ((feature_dim, fusion != "text_only"), (text_dim, fusion != "none")) if used]
-        self.baseline = BaselineRisk(sum(reads)) if from_baseline else None
+        linear_fusion = "concat" if fusion == "gated" else fusion  # the linear model reads both side by side
+        self.baseline = (
+            BaselineRisk(MILModel(1, feature_dim, text_dim, "linear", linear_fusion)) if from_baseline else None
+        )
 
     @torch.no_grad()
     def set_feature_scale(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
@@ -236,11 +229,25 @@ class MILModel(nn.Module):
         bias = self.bin_bias if self.bin_bias is not None else self.head.bias
         bias.copy_(torch.as_tensor(values, dtype=bias.dtype))
 
-    def set_baseline(self, mean, scale, coef, intercept) -> None:
-        """The linear baseline's fit that the outputs start from (``from_baseline=True``; see :class:`BaselineRisk`)."""
+    @torch.no_grad()
+    def set_linear_fit(self, fit) -> None:
+        """A ``model="linear"`` model's weights from a linear fit (``mean``, ``scale``, ``coef`` (out_dim, D),
+        ``intercept``, as :class:`musk.mil.baseline.LinearFit` holds them): mean feature, then report vector."""
+        parts = [self.aggregator.standardise] if self.aggregator is not None else []
+        parts += [self.text_proj] if self.text_proj is not None else []
+        start = 0
+        for part in parts:
+            part.mean.copy_(torch.as_tensor(fit.mean[start : start + part.out_dim]))
+            part.scale.copy_(torch.as_tensor(fit.scale[start : start + part.out_dim]))
+            start += part.out_dim
+        self.head.weight.copy_(torch.as_tensor(fit.coef))
+        self.head.bias.copy_(torch.as_tensor(fit.intercept))
+
+    def set_baseline(self, fit) -> None:
+        """The linear baseline's fit (:meth:`set_linear_fit`) that the outputs start from (``from_baseline=True``)."""
         if self.baseline is None:
             raise ValueError("this model does not start from the baseline (from_baseline=False)")
-        self.baseline.set(mean, scale, coef, intercept)
+        self.baseline.linear.set_linear_fit(fit)
 
     def aggregate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One bag (N, D) -> (slide embedding, patch weights (N,)), features standardised first when the model
@@ -272,8 +279,6 @@ class MILModel(nn.Module):
             gate = torch.sigmoid(self.gate(torch.cat([slide, report])))
             joint = gate * slide + (1 - gate) * report
         out = self.head(joint)
-        if self.baseline is not None:  # the case vector of musk.mil.baseline: mean feature, then report
-            parts = [features.float().mean(0)] if self.aggregator is not None else []
-            parts += [text.float().reshape(-1)] if self.text_proj is not None else []
-            out = out + self.baseline(torch.cat(parts))
+        if self.baseline is not None:
+            out = out + self.baseline(features, text)
         return (out if self.bin_bias is None else out + self.bin_bias), weights

@@ -350,8 +350,7 @@ def _fit_fold(
     if start is not None:
         model.set_output_bias(torch.as_tensor(start))
     if config.starts_from_baseline:
-        baseline = fit_linear(inputs.dataset, fit, options.seed)
-        model.set_baseline(baseline.mean, baseline.scale, baseline.coef, baseline.intercept)
+        model.set_baseline(fit_linear(inputs.dataset, fit, options.seed))
     if config.standardises_features:
         model.set_feature_scale(*feature_moments(inputs.dataset, fit))
     result = fit_model(model.to(device), inputs.dataset, fit, val, options, bin_edges)

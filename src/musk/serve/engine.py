@@ -182,12 +182,12 @@ class Engine:
 def model_cost_ms(lm, max_batch: int, enough_s: float = 0.05) -> float:
     """CPU milliseconds per image of a one-thread model call, on batches doubled from one image until a call
     takes ``enough_s`` or the batch is ``max_batch`` (a cheap model's cost per call is mostly overhead that a
-    batch shares), after a one-image warm-up call."""
+    batch shares; the calls before the one measured warm it up, and a call of ``enough_s`` outweighs a first
+    call's one-time costs)."""
     image = torch.zeros(*lm.model.pretrained_cfg["input_size"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        lm.embed_images([image], streams=1)
         size = 1
         while True:
             start = time.thread_time()
