@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -142,9 +143,7 @@ def test_the_default_survival_model_reaches_the_ridge_cox_baseline(tmp_path, nam
 def test_a_survival_model_starts_as_the_linear_baseline_and_keeps_it_when_saved(tmp_path):
     """With ``--start baseline`` a survival model's outputs start as the fold's ridge Cox risk: untrained (``--lr
     0``) its out-of-fold risks are the linear baseline's in the same folds, and so are those of its saved fold
-    model; with the default ``--start zero`` every case starts alike."""
-    import pandas as pd
-
+    model; with ``--start zero`` every case starts alike."""
     from mil_cohorts import prognostic_cohort
     from musk.cli import main
     from musk.mil import predict_mil
@@ -155,7 +154,7 @@ def test_a_survival_model_starts_as_the_linear_baseline_and_keeps_it_when_saved(
     for name, extra in (
         ("linear", ["--model", "linear"]),
         ("start", ["--lr", "0", "--start", "baseline"]),
-        ("zero", ["--lr", "0"]),
+        ("zero", ["--lr", "0", "--start", "zero"]),
     ):
         assert main(["mil", "train", *common, *extra, "-o", str(tmp_path / name)]) == 0
     tables = {name: pd.read_csv(tmp_path / name / "predictions.csv") for name in ("linear", "start", "zero")}
@@ -191,8 +190,47 @@ def test_a_baseline_start_reads_the_mean_feature_then_the_report():
 def test_a_baseline_start_is_for_survival_models():
     from musk.mil import MILTrainConfig
 
-    with pytest.raises(ValueError, match="start 'baseline' is for survival"):
-        MILTrainConfig(task="classification", start="baseline")
-    assert MILTrainConfig(task="survival", start="baseline").starts_from_baseline
-    assert not MILTrainConfig(task="survival", model="linear", start="baseline").starts_from_baseline
-    assert not MILTrainConfig(task="survival").starts_from_baseline
+    for start in ("baseline", "both"):
+        with pytest.raises(ValueError, match=f"start '{start}' is for survival"):
+            MILTrainConfig(task="classification", start=start)
+    assert MILTrainConfig(task="classification").start == "zero"
+    survival = MILTrainConfig(task="survival")
+    assert (survival.start, survival.epochs_for("zero"), survival.epochs_for("baseline")) == ("both", 40, 20)
+    assert MILTrainConfig(task="survival", epochs=7).epochs_for("baseline") == 7
+
+
+def test_the_default_survival_model_is_a_pair_read_as_one(tmp_path):
+    """By default each fold trains the very models that ``--start zero`` and ``--start baseline`` give, and its
+    risk is the mean of theirs, each standardised by its mean and standard deviation on the fold's training cases;
+    the saved pair predicts the same, and its attention over a slide's patches is the mean of theirs."""
+    from mil_cohorts import prognostic_cohort
+    from musk.cli import main
+    from musk.mil import predict_mil
+    from musk.mil.heatmap import patch_attention
+    from musk.wsi.h5 import read_patch_file
+
+    manifest, features, _ = prognostic_cohort(tmp_path / "cohort", n_cases=60, dim=32, patches=(10, 20), seed=5)
+    common = ["--task", "survival", "--manifest", str(manifest), "--features_dir", str(features), "--folds", "3"]
+    common += ["--device", "cpu", "--epochs", "3"]
+    members = ("zero", "baseline")
+    for name, extra in (("pair", []), ("zero", ["--start", "zero"]), ("baseline", ["--start", "baseline"])):
+        assert main(["mil", "train", *common, *extra, "-o", str(tmp_path / name)]) == 0
+    out_of_fold = pd.read_csv(tmp_path / "pair" / "predictions.csv").set_index("case_id").risk
+    for k in range(3):
+        fold = {name: tmp_path / name / f"fold_{k}" for name in ("pair", "zero", "baseline")}
+        pair = predict_mil(fold["pair"], manifest, features)
+        ids = pair.cohort.case_ids
+        fit = np.isin(ids, json.loads((fold["pair"] / "split.json").read_text())["fit"])
+        expected = 0
+        for member, start in zip(pair.models[0].model.members, members, strict=True):
+            alone = predict_mil(fold[start], manifest, features)
+            for name, value in alone.models[0].model.state_dict().items():
+                torch.testing.assert_close(member.state_dict()[name], value)
+            risk = alone.predictions
+            expected = expected + (risk - risk[fit].mean()) / risk[fit].std() / 2
+        np.testing.assert_allclose(pair.predictions, expected, rtol=1e-4, atol=1e-5)
+        bag = read_patch_file(features / f"{pair.cohort.cases[0].slide_ids[0]}.h5").features
+        attention = [patch_attention([predict_mil(fold[s], manifest, features).models[0]], bag) for s in members]
+        np.testing.assert_allclose(patch_attention(pair.models, bag), np.mean(attention, 0), rtol=1e-5, atol=1e-7)
+        test = json.loads((fold["pair"] / "split.json").read_text())["test"]
+        np.testing.assert_allclose(out_of_fold[test], pd.Series(expected, index=ids)[test], rtol=1e-4, atol=1e-5)

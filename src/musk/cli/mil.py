@@ -100,7 +100,8 @@ def _add_train(commands) -> None:
         "--start",
         choices=STARTS,
         help="zero: every case starts alike; baseline (survival): the fold's ridge Cox risk is part of the outputs, "
-        f"and the model learns what it misses (default: {d.start})",
+        "and the model learns what it misses; both (survival): one model from each, their standardised risks "
+        f"averaged ({by_task('start')})",
     )
     p.add_argument(
         "--select", choices=SELECTIONS, help=f"which epoch is kept, by the validation cases (default: {d.select})"
@@ -109,7 +110,7 @@ def _add_train(commands) -> None:
     p.add_argument(
         "--val_fraction", type=float, help=f"of each training fold, for early stopping ({by_task('val_fraction')})"
     )
-    p.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
+    p.add_argument("--epochs", type=int, help="default: 40; a model that starts as the baseline (survival), 20")
     p.add_argument("--patience", type=int, help=f"early stopping, 0 = off (default: {d.patience})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=by_task("optimizer"))
     p.add_argument("--lr", type=float, help=by_task("lr"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .losses import hazards_to_risk
+
 __all__ = [
     "AGGREGATORS",
     "FUSIONS",
@@ -18,6 +20,7 @@ __all__ = [
     "MILModel",
     "MeanFeatures",
     "MeanPool",
+    "RiskEnsemble",
     "Standardise",
     "TransformerMIL",
     "build_aggregator",
@@ -282,3 +285,47 @@ class MILModel(nn.Module):
         if self.baseline is not None:
             out = out + self.baseline(features, text)
         return (out if self.bin_bias is None else out + self.bin_bias), weights
+
+
+class RiskEnsemble(nn.Module):
+    """Survival models trained apart, read as one: the mean of their risks, each standardised by the ``centre``
+    and ``scale`` of its risks on the training cases (:meth:`set_risk_scales`), so that none outweighs another by
+    the spread of its scores. ``member_loss``: what the members' outputs are (``nll``: hazard logits per bin,
+    ``cox``: one log-risk). Outputs one risk score, as a Cox model does; a case's patch weights are the members'
+    mean, a slide's embedding (:meth:`aggregate`) is theirs side by side."""
+
+    out_dim = 1
+
+    def __init__(self, members: list[MILModel], member_loss: str) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.member_loss = member_loss
+        self.register_buffer("centre", torch.zeros(len(members)))
+        self.register_buffer("scale", torch.ones(len(members)))
+
+    @property
+    def aggregator(self) -> nn.Module | None:
+        return self.members[0].aggregator
+
+    @torch.no_grad()
+    def set_risk_scales(self, centre, scale) -> None:
+        """Each member's mean and standard deviation of its risks on the training cases."""
+        self.centre.copy_(torch.as_tensor(centre))
+        self.scale.copy_(torch.as_tensor(scale))
+
+    def member_risks(self, outputs: torch.Tensor) -> torch.Tensor:
+        """A member's risks (n,) from its outputs (n, out_dim)."""
+        return outputs[:, 0] if self.member_loss == "cox" else hazards_to_risk(outputs)
+
+    def aggregate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, weights = zip(*(member.aggregate(features) for member in self.members), strict=True)
+        return torch.cat(pooled), torch.stack(weights).mean(0)
+
+    def forward(
+        self, features: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One case -> (its risk (1,), the members' mean patch weights or None)."""
+        outputs, weights = zip(*(member(features, text) for member in self.members), strict=True)
+        risks = torch.cat([self.member_risks(out[None]) for out in outputs])
+        risk = ((risks - self.centre) / self.scale).mean().reshape(1)
+        return risk, None if weights[0] is None else torch.stack(weights).mean(0)

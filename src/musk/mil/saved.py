@@ -21,7 +21,7 @@ from ..files import atomic_dir, write_safetensors
 from ..runtime import inference_dtype
 from .data import BagDataset
 from .fit import outputs_to_predictions, predict_outputs
-from .models import MILModel
+from .models import MILModel, RiskEnsemble
 
 __all__ = ["SavedMIL", "load_mil_models", "save_mil_model"]
 
@@ -83,6 +83,25 @@ def _damaged(directory: Path, why: str) -> ValueError:
     )
 
 
+def _build(config: dict) -> MILModel | RiskEnsemble:
+    """The model a saved config describes: one network, or a pair read as one (``members``)."""
+
+    def network(out_dim: int, from_baseline: bool) -> MILModel:
+        return MILModel(
+            **{k: config[k] for k in _ARCH_KEYS if k != "out_dim"},
+            out_dim=out_dim,
+            proportional=bool(config.get("proportional")),
+            standardise=bool(config.get("standardise")),
+            from_baseline=from_baseline,
+        )
+
+    members = config.get("members")
+    if not members:
+        return network(config["out_dim"], bool(config.get("from_baseline")))
+    nets = [network(members["out_dim"], start == "baseline") for start in members["starts"]]
+    return RiskEnsemble(nets, members["survival_loss"])
+
+
 def _load_one(directory: Path, device: torch.device | str, dtype: torch.dtype) -> SavedMIL:
     try:
         config = json.loads((directory / CONFIG_FILENAME).read_text())
@@ -95,12 +114,7 @@ def _load_one(directory: Path, device: torch.device | str, dtype: torch.dtype) -
     if missing:
         raise _damaged(directory, f"its {CONFIG_FILENAME} lacks {', '.join(missing)}")
     try:
-        model = MILModel(
-            **{k: config[k] for k in _ARCH_KEYS},
-            proportional=bool(config.get("proportional")),
-            standardise=bool(config.get("standardise")),
-            from_baseline=bool(config.get("from_baseline")),
-        )
+        model = _build(config)
         state = load_file(str(directory / WEIGHTS_FILENAME))
     except (TypeError, ValueError, OSError, SafetensorError) as e:
         raise _damaged(directory, f"its {WEIGHTS_FILENAME} or {CONFIG_FILENAME} cannot be used ({e})") from e

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +54,14 @@ from .inputs import MILInputs, TextEncoderSpec, load_inputs, text_weights_option
 from .km import median_split, plot_kaplan_meier
 from .losses import HAZARDS, SURVIVAL_LOSSES, bin_hazard_logits, event_time_bins
 from .manifest import TASKS, Cohort
-from .metrics import CLASSIFICATION_METRICS, SURVIVAL_METRICS, classification_metrics, summarize, survival_metrics
-from .models import AGGREGATORS, FUSIONS, MILModel
+from .metrics import (
+    CLASSIFICATION_METRICS,
+    SURVIVAL_METRICS,
+    classification_metrics,
+    summarize,
+    survival_metrics,
+)
+from .models import AGGREGATORS, FUSIONS, MILModel, RiskEnsemble
 from .reports import save_report_embeddings
 from .results import prediction_rows, write_predictions_csv
 from .run_folder import RunFolder
@@ -69,16 +75,20 @@ logger = logging.getLogger(__name__)
 #: Settings that do not change the models (a finished fold is reused when only they change); ``baseline`` only
 #: adds the linear baseline's results beside them.
 _RUNTIME_FIELDS = ("output_dir", "device", "num_workers", "progress", "cache_bags", "overwrite", "baseline")
-#: How a model's outputs start: ``zero`` (every case alike: the head starts at zero) or ``baseline`` (survival:
-#: the fold's ridge Cox risk is added to the outputs, :class:`~musk.mil.models.BaselineRisk`).
-STARTS = ("zero", "baseline")
+#: How a model's outputs start: ``zero`` (every case alike: the head starts at zero), ``baseline`` (survival:
+#: the fold's ridge Cox risk is added to the outputs, :class:`~musk.mil.models.BaselineRisk`) or ``both``
+#: (survival: one model from each start, read as one, :class:`~musk.mil.models.RiskEnsemble`).
+STARTS = ("both", "zero", "baseline")
+#: Epochs of training when ``epochs`` is left at None, by start: a model that starts as the baseline learns what
+#: it misses in fewer, and drifts away from it in more (docs/mil.md, "Reaching ridge Cox").
+START_EPOCHS = {"zero": 40, "baseline": 20}
 #: The defaults that depend on the task (a setting left at None takes its task's value). Survival models learn
 #: a risk from a few dozen events: plain gradient steps on all of a fold's training cases for a fixed number of
 #: epochs, where AdamW and early stopping on a handful of validation cases learn noise (docs/mil.md, "Survival:
 #: what the defaults are and why").
 TASK_DEFAULTS = {
-    "classification": {"optimizer": "adamw", "lr": 1e-3, "val_fraction": 0.2},
-    "survival": {"optimizer": "sgd", "lr": 1e-2, "val_fraction": 0.0},
+    "classification": {"optimizer": "adamw", "lr": 1e-3, "val_fraction": 0.2, "start": "zero", "epochs": 40},
+    "survival": {"optimizer": "sgd", "lr": 1e-2, "val_fraction": 0.0, "start": "both"},
 }
 
 
@@ -90,9 +100,10 @@ class MILTrainConfig:
     Reports: a manifest ``report`` column or ``reports`` (folder of ``<case_id>.txt``), embedded with the MUSK
     text encoder ``text_model`` / ``text_weights``; or precomputed ``report_embeddings`` (.npz).
     ``survival_loss``: ``nll`` (discrete time over ``n_bins`` bins at event-time quantiles) or ``cox``.
-    ``val_fraction`` of each fold's training cases is held out for early stopping. ``start``: ``zero`` or
-    ``baseline`` (:data:`STARTS`). ``optimizer``, ``lr`` and ``val_fraction`` left at None take their task's
-    value (:data:`TASK_DEFAULTS`). ``overwrite``: let the run
+    ``val_fraction`` of each fold's training cases is held out for early stopping. ``start``: ``zero``,
+    ``baseline`` or ``both`` (:data:`STARTS`). ``optimizer``, ``lr``, ``val_fraction`` and ``start`` left at
+    None take their task's value (:data:`TASK_DEFAULTS`); ``epochs`` left at None, its start's
+    (:data:`START_EPOCHS`). ``overwrite``: let the run
     replace its own outputs in an ``output_dir`` it would otherwise refuse (:mod:`musk.mil.run_folder`).
     Values are converted and checked by the one converter of :mod:`musk.settings`; build one from YAML and/or
     the command line with :func:`train_config`. ``model="linear"`` is the linear baseline
@@ -118,11 +129,11 @@ class MILTrainConfig:
     hazards: str = "proportional"
     standardise: bool = True
     uncensored_weight: float = 0.0
-    start: str = "zero"
+    start: str | None = None
     select: str = "loss"
     folds: int = 5
     val_fraction: float | None = None
-    epochs: int = 40
+    epochs: int | None = None
     patience: int = 10
     batch_size: int = 4
     optimizer: str | None = None
@@ -165,20 +176,20 @@ class MILTrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "n_bins", "hidden"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.model == "linear" and self.fusion == "gated":
             raise ValueError("the linear model reads slides and reports side by side: use fusion 'concat', not 'gated'")
-        if self.start == "baseline" and self.task != "survival":
-            raise ValueError("start 'baseline' is for survival models (it adds the ridge Cox risk to the outputs)")
+        if self.start != "zero" and self.task != "survival":
+            raise ValueError(
+                f"start {self.start!r} is for survival models (the baseline start adds the ridge Cox risk)"
+            )
 
-    @property
-    def starts_from_baseline(self) -> bool:
-        """Whether each fold's model starts as the linear baseline fitted on its training cases (the linear model
-        is the baseline itself)."""
-        return self.start == "baseline" and self.model != "linear"
+    def epochs_for(self, start: str) -> int:
+        """How many epochs a model with this ``start`` (``zero`` or ``baseline``) trains."""
+        return self.epochs if self.epochs is not None else START_EPOCHS[start]
 
     @property
     def standardises_features(self) -> bool:
@@ -189,21 +200,25 @@ class MILTrainConfig:
     @property
     def proportional_hazards(self) -> bool:
         """Whether the discrete-time hazards share one risk score (:data:`~musk.mil.losses.HAZARDS`)."""
-        return self.survival_output == "nll" and self.hazards == "proportional"
+        nll = self.task == "survival" and self.model != "linear" and self.survival_loss == "nll"
+        return nll and self.hazards == "proportional"
 
     @property
     def survival_output(self) -> str | None:
         """What a survival model's outputs are: ``nll`` (hazard logits per bin) or ``cox`` (one log-risk, as the
-        linear model's ridge Cox gives); None for classification."""
+        linear model's ridge Cox and a pair of models give); None for classification."""
         if self.task != "survival":
             return None
-        return "cox" if self.model == "linear" else self.survival_loss
+        return "cox" if self.model == "linear" or self.start == "both" else self.survival_loss
 
     def run_key(self, cohort: Cohort, text: np.ndarray | None = None) -> str:
         """Hash of the settings that change the models (not where or how fast they run) and of what they are
         trained on: the cohort's case and slide ids and targets, and the report vectors (not the manifest's path)."""
         settings = {k: v for k, v in asdict(self).items() if k not in (*_RUNTIME_FIELDS, "manifest")}
-        if settings["start"] == "zero":  # added later: at its default, earlier runs keep their keys
+        start = "zero" if self.model == "linear" else self.start  # added later: earlier runs keep their keys
+        if start != "both":
+            settings["epochs"] = self.epochs_for(start)
+        if start == "zero":
             del settings["start"]
         settings["cohort"] = [
             [c.case_id, c.slide_ids, None if c.label is None else cohort.classes[c.label], c.time, c.event]
@@ -255,11 +270,21 @@ def _fold_metrics(cohort: Cohort, test, train, predictions: np.ndarray) -> dict:
     )
 
 
-def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_edges, fold: int, run_key: str) -> dict:
+def _members_config(model: MILModel | RiskEnsemble) -> dict | None:
+    """A pair's members: their starts, output size and what their outputs are (None for one model)."""
+    if not isinstance(model, RiskEnsemble):
+        return None
+    starts = ["baseline" if member.baseline is not None else "zero" for member in model.members]
+    return {"starts": starts, "out_dim": model.members[0].out_dim, "survival_loss": model.member_loss}
+
+
+def _model_config(
+    config: MILTrainConfig, inputs: MILInputs, model: MILModel, bin_edges, fold: int, run_key: str
+) -> dict:
     return {
         "task": config.task,
         "classes": inputs.cohort.classes,
-        "out_dim": out_dim,
+        "out_dim": model.out_dim,
         "feature_dim": inputs.feature_dim,
         "text_dim": inputs.text_dim,
         "model": config.model,
@@ -270,7 +295,8 @@ def _model_config(config: MILTrainConfig, inputs: MILInputs, out_dim: int, bin_e
         "bin_edges": None if bin_edges is None else [float(x) for x in bin_edges],
         "proportional": config.proportional_hazards,
         "standardise": config.standardises_features,
-        "from_baseline": config.starts_from_baseline,
+        "from_baseline": isinstance(model, MILModel) and model.baseline is not None,
+        "members": _members_config(model),
         "text_encoder": None
         if config.fusion == "none"
         else {"model": config.text_model, "weights": config.text_weights, "max_tokens": 100},
@@ -331,29 +357,69 @@ def _head(config: MILTrainConfig, cohort: Cohort, fit: np.ndarray) -> tuple[int,
     return len(bin_edges) + 1, bin_edges, bin_hazard_logits(times, events, bin_edges)
 
 
+def _fit_network(
+    config: MILTrainConfig, inputs: MILInputs, fit, val, options: FitOptions, device, start: str
+) -> tuple[FitResult, np.ndarray | None]:
+    """A slide-level model with ``start`` (``zero`` or ``baseline``) trained on ``fit`` and selected on ``val``,
+    and its survival bin edges (None unless discrete-time)."""
+    out_dim, bin_edges, bias = _head(config, inputs.cohort, fit)
+    model = MILModel(
+        out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout,
+        config.proportional_hazards, config.standardises_features, start == "baseline",
+    )  # fmt: skip
+    if bias is not None:
+        model.set_output_bias(torch.as_tensor(bias))
+    if start == "baseline":
+        model.set_baseline(fit_linear(inputs.dataset, fit, options.seed))
+    if config.standardises_features:
+        model.set_feature_scale(*feature_moments(inputs.dataset, fit))
+    options = replace(options, epochs=config.epochs_for(start))
+    return fit_model(model.to(device), inputs.dataset, fit, val, options, bin_edges), bin_edges
+
+
+def _fit_pair(config: MILTrainConfig, inputs: MILInputs, fit, val, options: FitOptions, device) -> FitResult:
+    """A model from each start (each the one that start alone gives), read as one
+    (:class:`~musk.mil.models.RiskEnsemble`, standardised on the ``fit`` cases' risks). Its history is the
+    members' epochs, each marked with its start; its epoch and validation scores, the members' means."""
+    results = {}
+    for start in ("zero", "baseline"):
+        np.random.seed(options.seed)
+        torch.manual_seed(options.seed)
+        results[start], _ = _fit_network(config, inputs, fit, val, options, device, start)
+    pair = RiskEnsemble([r.model for r in results.values()], config.survival_loss)
+    risks = [
+        outputs_to_predictions(
+            predict_outputs(r.model, inputs.dataset, fit, config.batch_size), "survival", pair.member_loss
+        )
+        for r in results.values()
+    ]
+    pair.set_risk_scales([r.mean() for r in risks], [r.std() if r.std() > 1e-8 else 1.0 for r in risks])
+    history = [{"start": start, **entry} for start, r in results.items() for entry in r.history]
+
+    def mean(name: str) -> float | None:
+        values = [getattr(r, name) for r in results.values()]
+        return None if None in values else float(np.mean(values))
+
+    return FitResult(
+        pair.to(device).eval(), mean("best_epoch"), mean("best_val_loss"), mean("best_val_metric"), history
+    )
+
+
 def _fit_fold(
     config: MILTrainConfig, inputs: MILInputs, fit, val, options: FitOptions, device
 ) -> tuple[FitResult, np.ndarray | None, dict]:
     """One fold's model, its survival bin edges (None unless discrete-time) and how it was selected
-    (``selection.json``): the linear model fitted on ``fit``, or a slide-level model trained on ``fit`` and
-    selected on ``val``."""
+    (``selection.json``): the linear model fitted on ``fit``, or a slide-level model (a pair with ``start``
+    ``both``) trained on ``fit`` and selected on ``val``."""
     if config.model == "linear":
         linear = fit_linear(inputs.dataset, fit, options.seed)
         model = linear_model(linear, inputs.feature_dim, inputs.text_dim, config.fusion)
         selection = {"select": "inner cross-validation", "penalty": linear.penalty, "val_metric": None}
         return FitResult(model.to(device), 0, None), None, selection
-    out_dim, bin_edges, start = _head(config, inputs.cohort, fit)
-    model = MILModel(
-        out_dim, inputs.feature_dim, inputs.text_dim, config.model, config.fusion, config.hidden, config.dropout,
-        config.proportional_hazards, config.standardises_features, config.starts_from_baseline,
-    )  # fmt: skip
-    if start is not None:
-        model.set_output_bias(torch.as_tensor(start))
-    if config.starts_from_baseline:
-        model.set_baseline(fit_linear(inputs.dataset, fit, options.seed))
-    if config.standardises_features:
-        model.set_feature_scale(*feature_moments(inputs.dataset, fit))
-    result = fit_model(model.to(device), inputs.dataset, fit, val, options, bin_edges)
+    if config.start == "both":
+        result, bin_edges = _fit_pair(config, inputs, fit, val, options, device), _head(config, inputs.cohort, fit)[1]
+    else:
+        result, bin_edges = _fit_network(config, inputs, fit, val, options, device, config.start)
     selection = {
         "select": config.select,
         "epoch": result.best_epoch,
@@ -374,7 +440,9 @@ def _train_fold(
     fit, val = validation_split(cohort, train, val_fraction, config.seed + k)
     np.random.seed(config.seed + k)
     torch.manual_seed(config.seed + k)
-    options = pick(FitOptions, config, seed=config.seed + k)
+    options = pick(
+        FitOptions, config, seed=config.seed + k, epochs=config.epochs_for("zero")
+    )  # per start: _fit_network
     result, bin_edges, selection = _fit_fold(config, inputs, fit, val, options, device)
     outputs = predict_outputs(result.model, dataset, test, config.batch_size, config.num_workers)
     predictions = outputs_to_predictions(outputs, cohort.task, config.survival_output)
@@ -390,7 +458,7 @@ def _train_fold(
         "split.json": {name: cohort.subset(idx).case_ids for name, idx in (("fit", fit), ("val", val), ("test", test))},
     }
     fold = {"metrics": metrics, "rows": fold_rows, "history": result.history, "selection": selection}
-    model_config = _model_config(config, inputs, result.model.out_dim, bin_edges, k, run_key)
+    model_config = _model_config(config, inputs, result.model, bin_edges, k, run_key)
     return fold, result.model, model_config, extra
 
 
