@@ -45,18 +45,42 @@ def _add_runtime(p: argparse.ArgumentParser, batch_size: int | None) -> None:
     group.add_argument("--seed", type=int, help="default: 0")
 
 
+def _by_task(name: str) -> str:
+    from ..mil.train import TASK_DEFAULTS
+
+    return "default: " + ", ".join(f"{values[name]} for {task}" for task, values in TASK_DEFAULTS.items())
+
+
+def _add_survival_options(p, d) -> None:
+    from ..mil.losses import HAZARDS, SURVIVAL_LOSSES
+    from ..mil.train import STARTS
+
+    p.add_argument("--survival_loss", choices=SURVIVAL_LOSSES, help=f"default: {d.survival_loss}")
+    p.add_argument("--n_bins", type=int, help=f"time bins of the nll loss (default: {d.n_bins})")
+    p.add_argument(
+        "--hazards", choices=HAZARDS, help=f"nll loss: how the bins share the risk score (default: {d.hazards})"
+    )
+    p.add_argument(
+        "--uncensored_weight",
+        type=float,
+        help=f"nll loss: censored cases count 1 - this (default: {d.uncensored_weight})",
+    )
+    p.add_argument(
+        "--start",
+        choices=STARTS,
+        help="zero: every case starts alike; baseline (survival): the fold's ridge Cox risk is part of the outputs, "
+        "and the model learns what it misses; both (survival): one model from each, their standardised risks "
+        f"averaged ({_by_task('start')})",
+    )
+
+
 def _add_train(commands) -> None:
     from ..mil.fit import BALANCING, OPTIMIZERS, SELECTIONS
-    from ..mil.losses import HAZARDS, SURVIVAL_LOSSES
     from ..mil.manifest import TASKS
     from ..mil.models import AGGREGATORS, FUSIONS
-    from ..mil.train import STARTS, TASK_DEFAULTS, MILTrainConfig
+    from ..mil.train import MILTrainConfig
 
     d = MILTrainConfig()
-
-    def by_task(name: str) -> str:
-        return "default: " + ", ".join(f"{values[name]} for {task}" for task, values in TASK_DEFAULTS.items())
-
     p = commands.add_parser(
         "train",
         help="patient-level cross-validation",
@@ -86,34 +110,18 @@ def _add_train(commands) -> None:
     p.add_argument("--tokenizer", help=TOKENIZER_HELP)
     p.add_argument("--cache_dir", help="Hugging Face cache directory")
     p.add_argument("--classes", help="comma-separated class names in label order (default: the labels, sorted)")
-    p.add_argument("--survival_loss", choices=SURVIVAL_LOSSES, help=f"default: {d.survival_loss}")
-    p.add_argument("--n_bins", type=int, help=f"time bins of the nll loss (default: {d.n_bins})")
-    p.add_argument(
-        "--hazards", choices=HAZARDS, help=f"nll loss: how the bins share the risk score (default: {d.hazards})"
-    )
-    p.add_argument(
-        "--uncensored_weight",
-        type=float,
-        help=f"nll loss: censored cases count 1 - this (default: {d.uncensored_weight})",
-    )
-    p.add_argument(
-        "--start",
-        choices=STARTS,
-        help="zero: every case starts alike; baseline (survival): the fold's ridge Cox risk is part of the outputs, "
-        "and the model learns what it misses; both (survival): one model from each, their standardised risks "
-        f"averaged ({by_task('start')})",
-    )
+    _add_survival_options(p, d)
     p.add_argument(
         "--select", choices=SELECTIONS, help=f"which epoch is kept, by the validation cases (default: {d.select})"
     )
     p.add_argument("--folds", type=int, help=f"default: {d.folds}")
     p.add_argument(
-        "--val_fraction", type=float, help=f"of each training fold, for early stopping ({by_task('val_fraction')})"
+        "--val_fraction", type=float, help=f"of each training fold, for early stopping ({_by_task('val_fraction')})"
     )
     p.add_argument("--epochs", type=int, help="default: 40; a model that starts as the baseline (survival), 20")
     p.add_argument("--patience", type=int, help=f"early stopping, 0 = off (default: {d.patience})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help=by_task("optimizer"))
-    p.add_argument("--lr", type=float, help=by_task("lr"))
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=_by_task("optimizer"))
+    p.add_argument("--lr", type=float, help=_by_task("lr"))
     p.add_argument("--weight_decay", type=float, help=f"default: {d.weight_decay}")
     p.add_argument("--hidden", type=int, help=f"default: {d.hidden}")
     p.add_argument("--dropout", type=float, help=f"default: {d.dropout}")
