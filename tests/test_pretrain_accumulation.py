@@ -53,9 +53,10 @@ def _assert_same_training(runs: dict, keys: tuple[str, ...]) -> None:
             if name.endswith("k_proj.A.bias") or name.endswith("k_proj.B.bias"):
                 continue  # softmax ignores a key bias: its gradient is rounding noise, which Adam amplifies
             # equal up to rounding, which Adam turns into update differences where a gradient is ~0: the
-            # largest stays under a tenth of one step's update (lr 3e-3), the mean at rounding level
+            # largest stays under a tenth of one step's update (lr 3e-3), the mean under a thousandth (1e-7 to
+            # 1e-6 as CPUs' kernels round differently)
             diff = (other_weights[name] - value).abs()
-            assert diff.max() < 3e-4 and diff.mean() < 1e-7, (name, diff.max().item(), diff.mean().item())
+            assert diff.max() < 3e-4 and diff.mean() < 1e-6, (name, diff.max().item(), diff.mean().item())
 
 
 def test_masked_modelling_with_accumulation_equals_the_large_batch(data, tmp_path, tokenizer_file):

@@ -88,6 +88,8 @@ def _same_weights(reference: Path, exported: Path) -> None:
     got = model.state_dict()
     assert set(got) == set(expected)
     for key, value in expected.items():
+        if key.endswith(("k_proj.A.bias", "k_proj.B.bias")):
+            continue  # softmax ignores a key bias: its gradient is rounding noise, which Adam amplifies
         torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 

@@ -24,14 +24,16 @@ SPLITS = {"train": 250, "validation": 50}
 
 
 def tiny_config(data: Path, output_dir: Path, tokenizer_file: Path, **overrides) -> VQATrainConfig:
-    """Settings under which the 2-layer, 64-wide model learns the generated set from scratch on a CPU."""
+    """Settings under which the 2-layer, 64-wide model learns the generated set from scratch on a CPU (16 epochs
+    were enough on one CPU; on another, whose kernels round differently, the shapes stalled at 0.8 of the
+    validation answers; with 24 they reach 1.0 by epoch 13)."""
     values = dict(
         data=str(data),
         output_dir=str(output_dir),
         model="musk_tiny_patch16_64",
         weights=None,
         tokenizer=str(tokenizer_file),
-        epochs=16,
+        epochs=24,
         batch_size=32,
         lr=2e-3,
         layer_decay=1.0,
@@ -78,7 +80,8 @@ def test_saved_best_model_reproduces_the_validation_accuracy(runs):
     assert provenance["config"]["lr"] == 2e-3 and provenance["epoch"] == result.best_epoch
     assert "torch" in provenance["versions"]
     history = json.loads((Path(result.output_dir) / "history.json").read_text())
-    assert history["best_epoch"] == result.best_epoch and len(history["history"]) == 16
+    assert history["best_epoch"] == result.best_epoch
+    assert len(history["history"]) == provenance["config"]["epochs"] == 24
 
     saved = load_vqa_model(result.output_dir)  # a training folder resolves to its best model
     assert saved.vocab.answers == load_vqa_model(result.best_dir).vocab.answers
